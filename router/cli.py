@@ -1,0 +1,225 @@
+"""The ``dicom-router`` command.
+
+Modules that create Prometheus metrics are imported inside the commands, after
+``PROMETHEUS_MULTIPROC_DIR`` is set: prometheus-client decides at import time
+whether values are per process or shared between processes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import re
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from router.config import ConfigError, RouterConfig, config_path, load_config
+from router.logs import configure_logging
+
+_TARGET = re.compile(r"^(?P<aet>[^@]{1,16})@(?P<host>[^:]+):(?P<port>\d{1,5})$")
+
+EXIT_OK = 0
+EXIT_PROBLEMS = 1
+EXIT_USAGE = 2
+
+
+def _load(args: argparse.Namespace) -> RouterConfig:
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as exc:
+        print(f"dicom-router: invalid configuration\n{exc}", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE) from exc
+    if args.log_level is None:
+        configure_logging(cfg.log_level)
+    return cfg
+
+
+def _multiprocess_metrics_dir() -> None:
+    """Give this process tree a fresh, empty directory for shared metric values."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return
+    folder = tempfile.mkdtemp(prefix="dicom-router-metrics-")
+    shutil.rmtree(folder, ignore_errors=True)
+    os.makedirs(folder)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = folder
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+    _multiprocess_metrics_dir()
+    os.environ["ROUTER_CONFIG"] = str(cfg.source)
+    from router.service import serve
+
+    assert cfg.source is not None
+    return serve(cfg, cfg.source, args.workers)
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+    os.environ["ROUTER_CONFIG"] = str(cfg.source)
+    from router import tasks  # noqa: F401 - registers the tasks
+    from router.queue import FORWARD_QUEUE, ROUTE_QUEUE, configure
+
+    app = configure(cfg)
+    argv = [
+        "worker",
+        "--queues", f"{ROUTE_QUEUE},{FORWARD_QUEUE}",
+        "--concurrency", str(args.concurrency),
+        "--pool", "prefork",
+        "--loglevel", args.log_level or cfg.log_level,
+        "--hostname", f"dicom-router-{os.getpid()}@%h",
+        "--without-gossip", "--without-mingle",
+    ]  # fmt: skip
+    app.worker_main(argv)
+    return EXIT_OK
+
+
+def cmd_echo(args: argparse.Namespace) -> int:
+    from router.scu import Peer, echo
+
+    target: str = args.target
+    match = _TARGET.match(target)
+    calling = "ROUTER"
+    if match:
+        peer = Peer(match["aet"], match["host"], int(match["port"]), timeout=args.timeout)
+        with contextlib.suppress(ConfigError):
+            calling = load_config(args.config).ae_title
+    else:
+        cfg = _load(args)
+        calling = cfg.ae_title
+        dest = cfg.destinations.get(target)
+        if dest is None:
+            known = ", ".join(sorted(cfg.destinations)) or "none"
+            print(
+                f"dicom-router echo: {target!r} is neither a configured destination "
+                f"(known: {known}) nor AET@host:port",
+                file=sys.stderr,
+            )
+            return EXIT_USAGE
+        peer = Peer(dest.ae_title, dest.host, dest.port, timeout=args.timeout)
+    ok, message = echo(calling, peer)
+    print(message, file=sys.stdout if ok else sys.stderr)
+    return EXIT_OK if ok else EXIT_PROBLEMS
+
+
+def cmd_rules_lint(args: argparse.Namespace) -> int:
+    from router.rules.loader import RulesetError, load_ruleset
+
+    destinations = None
+    rules_path = Path(args.path) if args.path else None
+    try:
+        cfg = load_config(args.config)
+        destinations = list(cfg.destinations)
+        rules_path = rules_path or cfg.rules
+    except ConfigError as exc:
+        if args.path is None or config_path(args.config).exists():
+            print(exc, file=sys.stdout)
+            return EXIT_PROBLEMS
+    assert rules_path is not None
+    try:
+        ruleset = load_ruleset(rules_path, destinations)
+    except RulesetError as exc:
+        for problem in exc.problems:
+            print(problem)
+        return EXIT_PROBLEMS
+    print(
+        f"ok: {len(ruleset.rules)} rules in {len(ruleset.files)} files, version {ruleset.version}"
+    )
+    return EXIT_OK
+
+
+def cmd_rules_explain(args: argparse.Namespace) -> int:
+    from pydicom import dcmread
+
+    from router.rules import InstanceView, RulesetError, decide, load_ruleset
+
+    cfg = _load(args)
+    try:
+        ruleset = load_ruleset(Path(args.rules) if args.rules else cfg.rules, cfg.destinations)
+    except RulesetError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_PROBLEMS
+    dataset = dcmread(args.file, stop_before_pixels=True)
+    view = InstanceView(dataset, calling_ae=args.calling_ae, called_ae=cfg.ae_title,
+                        peer_ip=args.peer_ip)  # fmt: skip
+    decision = decide(ruleset, view)
+    print(f"ruleset version {ruleset.version}")
+    for rule in ruleset.rules:
+        mark = "matched" if rule.name in decision.matched_rules else "-"
+        print(f"  {mark:8} {rule.name}  ({rule.file}:{rule.line})")
+    if decision.unmatched:
+        print(f"no rule matched: unmatched policy is {ruleset.unmatched!r}")
+    for dest, rule_name in decision.destinations.items():
+        print(f"  -> {dest} (rule {rule_name}), transfer syntax unchanged")
+    return EXIT_OK
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    import redis
+
+    from router.queue import FORWARD_QUEUE, ROUTE_QUEUE
+
+    cfg = _load(args)
+    try:
+        client = redis.Redis.from_url(cfg.broker_url, socket_connect_timeout=2)
+        depths = {q: client.llen(q) for q in (ROUTE_QUEUE, FORWARD_QUEUE)}
+        pending = sum(1 for _ in client.scan_iter("dr:pending:*", count=1000))
+    except redis.RedisError as exc:
+        print(f"dicom-router status: broker unreachable: {exc}", file=sys.stderr)
+        return EXIT_PROBLEMS
+    for queue, depth in depths.items():
+        print(f"queue {queue}: {depth}")
+    print(f"instances awaiting delivery: {pending}")
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dicom-router", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", help="config file (default $ROUTER_CONFIG or ./router.yaml)")
+    parser.add_argument(
+        "--log-level", help="DEBUG, INFO, WARNING or ERROR (default: the config's log_level)"
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the SCP and the metrics endpoint")
+    serve.add_argument("--workers", type=int, default=0, help="also run N worker processes")
+    serve.set_defaults(func=cmd_serve)
+
+    worker = sub.add_parser("worker", help="run a routing/forwarding worker")
+    worker.add_argument("--concurrency", type=int, default=2)
+    worker.set_defaults(func=cmd_worker)
+
+    echo = sub.add_parser("echo", help="C-ECHO a destination name or AET@host:port")
+    echo.add_argument("target")
+    echo.add_argument("--timeout", type=float, default=10.0)
+    echo.set_defaults(func=cmd_echo)
+
+    rules = sub.add_parser("rules", help="lint and explain rule files")
+    rules_sub = rules.add_subparsers(dest="rules_command", required=True)
+    lint = rules_sub.add_parser("lint", help="validate rule files and the config")
+    lint.add_argument("path", nargs="?")
+    lint.set_defaults(func=cmd_rules_lint)
+    explain = rules_sub.add_parser("explain", help="dry-run the rules on a DICOM file")
+    explain.add_argument("file")
+    explain.add_argument("--calling-ae", default="")
+    explain.add_argument("--peer-ip", default="")
+    explain.add_argument("--rules", help="rule file or folder (default: the config's)")
+    explain.set_defaults(func=cmd_rules_explain)
+
+    status = sub.add_parser("status", help="queue depths and pending deliveries")
+    status.set_defaults(func=cmd_status)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    configure_logging(args.log_level or "INFO")
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

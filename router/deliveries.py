@@ -1,0 +1,60 @@
+"""Delivery bookkeeping in Redis: which destinations an instance still waits for.
+
+A spool file may be removed only once every destination chosen for it has it.
+The route task records the chosen destinations in a hash; each successful
+forward removes its own entry, atomically learning whether it was the last one.
+A delivery record per (SOP Instance UID, destination, content hash) makes a
+redelivered forward task a no-op instead of a second send.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import redis
+
+PREFIX = "dr:"
+DELIVERED_TTL_S = 7 * 24 * 3600
+
+
+def pending_key(spool_key: str) -> str:
+    return f"{PREFIX}pending:{spool_key}"
+
+
+def delivered_key(destination: str, sop_instance_uid: str, digest: str) -> str:
+    return f"{PREFIX}delivered:{destination}:{sop_instance_uid}:{digest}"
+
+
+class Deliveries:
+    """Redis-held delivery state shared by every worker."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.redis = client
+
+    def expect(self, spool_key: str, destinations: Iterable[str]) -> None:
+        """Record the destinations an instance must reach (idempotent)."""
+        fields = {dest: "queued" for dest in destinations}
+        if fields:
+            self.redis.hset(pending_key(spool_key), mapping=fields)  # type: ignore[arg-type]
+
+    def already_delivered(self, destination: str, sop_instance_uid: str, digest: str) -> bool:
+        return bool(self.redis.exists(delivered_key(destination, sop_instance_uid, digest)))
+
+    def delivered(
+        self, spool_key: str, destination: str, sop_instance_uid: str, digest: str
+    ) -> bool:
+        """Record a delivery; True if it was the last destination this instance waited for."""
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.set(delivered_key(destination, sop_instance_uid, digest), "1", ex=DELIVERED_TTL_S)
+        pipe.hdel(pending_key(spool_key), destination)
+        pipe.hlen(pending_key(spool_key))
+        results = pipe.execute()
+        return int(results[2]) == 0
+
+    def failed(self, spool_key: str, destination: str, reason: str) -> None:
+        """Mark a destination as given up on; the spool file stays."""
+        self.redis.hset(pending_key(spool_key), destination, f"failed: {reason}")
+
+    def pending(self, spool_key: str) -> dict[str, str]:
+        raw: dict[bytes, bytes] = self.redis.hgetall(pending_key(spool_key))  # type: ignore[assignment]
+        return {k.decode(): v.decode() for k, v in raw.items()}

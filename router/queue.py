@@ -1,0 +1,81 @@
+"""The Celery application: broker settings, queue names, and enqueueing a route task.
+
+Settings follow what loses nothing on Redis: a task is acknowledged only after it
+ran (``acks_late``), handed back if its worker dies (``reject_on_worker_lost``),
+and a worker takes one task at a time (prefetch 1) so a slow destination cannot
+hoard work another worker could do. The visibility timeout stays above the
+longest retry delay, or Redis would hand a waiting retry to a second worker.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+
+from router.config import RouterConfig
+
+ROUTE_TASK = "router.route"
+FORWARD_TASK = "router.forward"
+ROUTE_QUEUE = "route"
+FORWARD_QUEUE = "forward"
+
+app = Celery("dicom_router")
+
+
+def visibility_timeout(cfg: RouterConfig) -> int:
+    """Seconds: twice the longest retry delay, and at least an hour."""
+    longest = max((d.retry.max_delay for d in cfg.destinations.values()), default=0.0)
+    return int(max(3600.0, 2 * longest + 60))
+
+
+def configure(cfg: RouterConfig) -> Celery:
+    """Point the shared Celery app at the configured broker; returns it."""
+    app.conf.update(
+        broker_url=cfg.broker_url,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_serializer="json",
+        accept_content=["json"],
+        task_ignore_result=True,
+        result_backend=None,
+        task_default_queue=ROUTE_QUEUE,
+        task_routes={ROUTE_TASK: {"queue": ROUTE_QUEUE}, FORWARD_TASK: {"queue": FORWARD_QUEUE}},
+        broker_transport_options={
+            "visibility_timeout": visibility_timeout(cfg),
+            "socket_connect_timeout": 3,
+            "socket_timeout": 10,
+        },
+        broker_connection_retry_on_startup=True,
+        broker_connection_timeout=3,
+        worker_hijack_root_logger=False,
+        worker_redirect_stdouts=False,
+        worker_send_task_events=False,
+        task_send_sent_event=False,
+    )
+    return app
+
+
+def enqueue_route(key: str, meta: dict[str, Any]) -> None:
+    """Put a route task on the queue; raises if the broker did not take it.
+
+    No publish retries: the SCP is waiting to answer a modality, and an
+    Out-of-Resources answer it can retry is better than a long stall.
+    """
+    app.send_task(ROUTE_TASK, args=[key, meta], queue=ROUTE_QUEUE, retry=False)
+
+
+def enqueue_forward(
+    key: str, destination: str, meta: dict[str, Any], attempt: int = 1, countdown: float = 0
+) -> None:
+    """Queue one delivery of a spooled instance to one destination."""
+    app.send_task(
+        FORWARD_TASK,
+        args=[key, destination, meta],
+        kwargs={"attempt": attempt},
+        queue=FORWARD_QUEUE,
+        countdown=countdown or None,
+        retry=True,
+        retry_policy={"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5},
+    )

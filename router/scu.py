@@ -1,0 +1,212 @@
+"""Outbound DICOM: pooled associations to destinations, C-STORE from file, C-ECHO.
+
+Setting up an association costs a few round trips; a CT series is hundreds of
+instances. So each worker process keeps one association per destination open and
+reuses it while it covers the instance's SOP class and transfer syntax. When an
+instance needs a context the open association lacks, the association is replaced
+by one proposing every context this process has needed for that destination.
+
+Instances are sent from their spool file without decoding (pynetdicom's chunked
+send), so the bytes that arrive are the bytes that were received.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydicom.filereader import read_file_meta_info
+from pynetdicom import AE, _config, evt
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+from router import metrics
+
+# Send datasets straight from file, never decoding them.
+_config.STORE_SEND_CHUNKED_DATASET = True
+
+MAX_CONTEXTS = 120
+IDLE_CLOSE_S = 60.0
+
+
+class DeliveryError(Exception):
+    """The instance could not be handed to the destination (no DIMSE status to read)."""
+
+    def __init__(self, reason: str, transient: bool = True) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.transient = transient
+
+
+@dataclass(frozen=True)
+class Peer:
+    """Where to connect: enough to open an association."""
+
+    ae_title: str
+    host: str
+    port: int
+    timeout: float = 30.0
+
+
+def set_nodelay(event: Any) -> None:
+    """EVT_CONN_OPEN handler: disable Nagle so small PDUs are not held back ~40 ms."""
+    try:
+        sock = event.assoc.dul.socket.socket
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except (AttributeError, OSError):
+        pass
+
+
+def _count_open(event: Any) -> None:
+    metrics.associations_active.labels("outbound").inc()
+
+
+def _count_closed(event: Any) -> None:
+    metrics.associations_active.labels("outbound").dec()
+
+
+_HANDLERS: list[Any] = [
+    (evt.EVT_CONN_OPEN, set_nodelay),
+    (evt.EVT_ESTABLISHED, _count_open),
+    (evt.EVT_RELEASED, _count_closed),
+    (evt.EVT_ABORTED, _count_closed),
+]
+
+
+def _make_ae(calling_ae: str, peer: Peer) -> AE:
+    ae = AE(ae_title=calling_ae)
+    ae.acse_timeout = peer.timeout
+    ae.dimse_timeout = peer.timeout
+    ae.network_timeout = peer.timeout
+    ae.connection_timeout = min(peer.timeout, 10.0)
+    ae.maximum_pdu_size = 0
+    return ae
+
+
+def echo(calling_ae: str, peer: Peer) -> tuple[bool, str]:
+    """C-ECHO ``peer``; returns (ok, a sentence saying what happened)."""
+    ae = _make_ae(calling_ae, peer)
+    ae.add_requested_context(Verification)
+    where = f"{peer.ae_title}@{peer.host}:{peer.port}"
+    try:
+        socket.create_connection((peer.host, peer.port), timeout=min(peer.timeout, 10.0)).close()
+    except OSError as exc:
+        return False, f"{where}: cannot connect ({exc.strerror or exc})"
+    assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title, evt_handlers=[
+        (evt.EVT_CONN_OPEN, set_nodelay)])  # fmt: skip
+    if not assoc.is_established:
+        if assoc.is_rejected:
+            return False, f"{where}: association rejected by the peer"
+        if assoc.is_aborted:
+            return False, f"{where}: association aborted by the peer"
+        return False, f"{where}: cannot connect (connection refused or timed out)"
+    try:
+        status = assoc.send_c_echo()
+        if not status or "Status" not in status:
+            return False, f"{where}: no response to C-ECHO"
+        code = int(status.Status)
+        if code != 0:
+            return False, f"{where}: C-ECHO answered 0x{code:04X}"
+        return True, f"{where}: C-ECHO succeeded"
+    finally:
+        assoc.release()
+
+
+@dataclass
+class _Pooled:
+    assoc: Any
+    contexts: frozenset[tuple[str, str]]
+    last_used: float
+
+
+class AssociationPool:
+    """One reusable association per destination, for the calling process."""
+
+    def __init__(self, calling_ae: str, idle_close_s: float = IDLE_CLOSE_S) -> None:
+        self.calling_ae = calling_ae
+        self.idle_close_s = idle_close_s
+        self._pooled: dict[str, _Pooled] = {}
+        self._wanted: dict[str, OrderedDict[tuple[str, str], None]] = {}
+        self._lock = threading.Lock()
+        self._reaper: threading.Thread | None = None
+
+    def _start_reaper(self) -> None:
+        if self._reaper is None or not self._reaper.is_alive():
+            self._reaper = threading.Thread(target=self._reap, name="assoc-reaper", daemon=True)
+            self._reaper.start()
+
+    def _reap(self) -> None:
+        while True:
+            time.sleep(min(5.0, self.idle_close_s))
+            now = time.monotonic()
+            with self._lock:
+                for name, pooled in list(self._pooled.items()):
+                    if now - pooled.last_used > self.idle_close_s:
+                        self._close(name)
+
+    def _close(self, name: str) -> None:
+        pooled = self._pooled.pop(name, None)
+        if pooled is not None and pooled.assoc.is_established:
+            pooled.assoc.release()
+
+    def close_all(self) -> None:
+        with self._lock:
+            for name in list(self._pooled):
+                self._close(name)
+
+    def _association(self, name: str, peer: Peer, context: tuple[str, str]) -> Any:
+        pooled = self._pooled.get(name)
+        if pooled is not None and pooled.assoc.is_established and context in pooled.contexts:
+            return pooled.assoc
+        self._close(name)
+        wanted = self._wanted.setdefault(name, OrderedDict())
+        wanted[context] = None
+        wanted.move_to_end(context)
+        while len(wanted) > MAX_CONTEXTS:
+            wanted.popitem(last=False)
+        ae = _make_ae(self.calling_ae, peer)
+        for sop_class, syntax in wanted:
+            ae.add_requested_context(sop_class, [syntax])
+        assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title, evt_handlers=_HANDLERS)
+        if not assoc.is_established:
+            if assoc.is_rejected:
+                raise DeliveryError("association rejected by the destination", transient=True)
+            raise DeliveryError("cannot connect to the destination", transient=True)
+        accepted = frozenset(
+            (str(cx.abstract_syntax), str(cx.transfer_syntax[0])) for cx in assoc.accepted_contexts
+        )
+        self._pooled[name] = _Pooled(assoc, accepted, time.monotonic())
+        if context not in accepted:
+            raise DeliveryError(
+                f"destination does not accept SOP class {context[0]} in transfer syntax "
+                f"{context[1]}",
+                transient=False,
+            )
+        self._start_reaper()
+        return assoc
+
+    def send_file(self, name: str, peer: Peer, path: Path) -> int:
+        """C-STORE the file at ``path``; returns the DIMSE status the destination sent.
+
+        Raises :class:`DeliveryError` when there is no status to return (refused
+        connection, rejected association, abort, timeout).
+        """
+        meta = read_file_meta_info(path)
+        context = (str(meta.MediaStorageSOPClassUID), str(meta.TransferSyntaxUID))
+        with self._lock:
+            assoc = self._association(name, peer, context)
+            try:
+                response = assoc.send_c_store(path)
+            except (OSError, RuntimeError) as exc:
+                self._close(name)
+                raise DeliveryError(f"association failed during C-STORE: {exc}") from exc
+            self._pooled[name].last_used = time.monotonic()
+            if not response or "Status" not in response:
+                self._close(name)
+                raise DeliveryError("no C-STORE response (abort or timeout)")
+            return int(response.Status)

@@ -1,0 +1,144 @@
+"""``dicom-router serve``: the SCP, the metrics port, and optionally embedded workers.
+
+The single-box mode runs the Celery worker as a child process (its own prefork
+pool), not threads in this process: routing and sending then never compete with
+the SCP for the GIL, and a crashed worker is restarted without dropping the
+listener. SIGTERM or SIGINT stops the listener first, then lets the worker finish
+its current tasks (Celery's warm shutdown); unfinished tasks stay on the queue.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from types import FrameType
+
+import redis
+
+from router.audit import AuditLog
+from router.config import RouterConfig
+from router.exporter import start_exporter
+from router.logs import get_logger
+from router.queue import configure
+from router.rules.live import LiveRuleset
+from router.scp import StorageSCP
+from router.spool import Spool
+
+log = get_logger(__name__)
+
+SWEEP_INTERVAL_S = 60.0
+WORKER_STOP_TIMEOUT_S = 60.0
+
+
+class WorkerProcess:
+    """A supervised ``dicom-router worker`` child process."""
+
+    def __init__(self, config_path: Path, concurrency: int) -> None:
+        self.config_path = config_path
+        self.concurrency = concurrency
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.restarts = 0
+
+    def start(self) -> None:
+        cmd = [
+            sys.executable, "-m", "router.cli", "--config", str(self.config_path),
+            "worker", "--concurrency", str(self.concurrency),
+        ]  # fmt: skip
+        self.proc = subprocess.Popen(cmd, env=os.environ.copy())
+        log.info("worker started", pid=self.proc.pid, concurrency=self.concurrency)
+
+    def check(self) -> None:
+        """Restart the worker if it died."""
+        if self.proc is not None and self.proc.poll() is not None:
+            log.error("worker exited; restarting", returncode=self.proc.returncode)
+            self.restarts += 1
+            time.sleep(min(10, self.restarts))
+            self.start()
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(WORKER_STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            log.error("worker did not stop in time; killing it")
+            self.proc.kill()
+            self.proc.wait()
+
+
+def readiness_check(cfg: RouterConfig, spool: Spool, rules: LiveRuleset) -> list[str]:
+    """Reasons the router cannot accept work right now (empty list: ready)."""
+    problems = []
+    try:
+        redis.Redis.from_url(cfg.broker_url, socket_connect_timeout=1, socket_timeout=1).ping()
+    except redis.RedisError as exc:
+        problems.append(f"broker unreachable ({type(exc).__name__})")
+    if not os.access(spool.tmp, os.W_OK) or not os.access(spool.incoming, os.W_OK):
+        problems.append("spool not writable")
+    elif not spool.has_room(cfg.spool.min_free_mb):
+        problems.append(f"spool free space below {cfg.spool.min_free_mb} MiB")
+    try:
+        rules.current()
+    except Exception:
+        problems.append("no valid ruleset loaded")
+    return problems
+
+
+def serve(cfg: RouterConfig, config_path: Path, workers: int) -> int:
+    """Run until SIGTERM/SIGINT; returns the process exit code."""
+    configure(cfg)
+    spool = Spool(cfg.spool.dir)
+    spool.ensure()
+    audit = AuditLog(cfg.audit.file)
+    rules = LiveRuleset(cfg.rules, cfg.destinations.keys())
+    try:
+        rules.current()
+    except Exception as exc:
+        log.error("no valid ruleset at start-up; instances will wait in the queue", error=str(exc))
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        log.info("stopping", signal=signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+    scp = StorageSCP(cfg, spool, audit)
+    scp.start()
+    exporter = start_exporter(
+        cfg.metrics.host, cfg.metrics.port, lambda: readiness_check(cfg, spool, rules)
+    )
+    worker = WorkerProcess(config_path, workers) if workers > 0 else None
+    if worker is not None:
+        worker.start()
+    log.info(
+        "router listening",
+        ae_title=cfg.ae_title,
+        host=cfg.listen.host,
+        ports=scp.ports(),
+        metrics_port=exporter.server_address[1],
+        workers=workers,
+    )
+    last_sweep = 0.0
+    try:
+        while not stop.wait(0.5):
+            if worker is not None:
+                worker.check()
+            if time.monotonic() - last_sweep > SWEEP_INTERVAL_S:
+                last_sweep = time.monotonic()
+                spool.sweep_done(cfg.spool.retention_hours)
+                spool.sweep_tmp()
+    finally:
+        scp.stop()
+        if worker is not None:
+            worker.stop()
+        exporter.shutdown()
+        log.info("stopped")
+    return 0

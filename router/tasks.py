@@ -1,0 +1,236 @@
+"""Celery tasks: thin glue between the queue and the pure routing and delivery code.
+
+``route`` reads one spooled instance's header, asks the rules where it goes and
+queues one ``forward`` per destination, so a destination that is down delays only
+its own deliveries. ``forward`` sends the spooled file to one destination and
+records the outcome. Both receive spool keys and a few UIDs, never pixel data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import redis
+from pydicom import dcmread
+from pydicom.errors import InvalidDicomError
+
+from router import metrics
+from router.audit import AuditLog
+from router.config import RouterConfig, load_config
+from router.deliveries import Deliveries
+from router.logs import get_logger
+from router.queue import FORWARD_TASK, ROUTE_TASK, app, enqueue_forward
+from router.rules import InstanceView, RulesetError, decide
+from router.rules.live import LiveRuleset
+from router.scu import AssociationPool, DeliveryError, Peer
+from router.spool import Spool
+from router.status import Outcome, classify, describe
+
+log = get_logger(__name__)
+
+RULES_UNAVAILABLE_RETRY_S = 10.0
+
+
+@dataclass
+class Runtime:
+    """Per-process state of a worker, created after the fork on first use."""
+
+    cfg: RouterConfig
+    spool: Spool
+    audit: AuditLog
+    rules: LiveRuleset
+    deliveries: Deliveries
+    pool: AssociationPool
+
+
+_runtime: Runtime | None = None
+
+
+def runtime() -> Runtime:
+    """This process's runtime, built from ``$ROUTER_CONFIG`` the first time."""
+    global _runtime
+    if _runtime is None or _runtime_pid != os.getpid():
+        cfg = load_config()
+        _set_runtime(build_runtime(cfg))
+    assert _runtime is not None
+    return _runtime
+
+
+_runtime_pid = 0
+
+
+def _set_runtime(rt: Runtime) -> None:
+    global _runtime, _runtime_pid
+    _runtime = rt
+    _runtime_pid = os.getpid()
+
+
+def build_runtime(cfg: RouterConfig) -> Runtime:
+    audit = AuditLog(cfg.audit.file)
+
+    def on_reload(outcome: str, version: str, detail: str) -> None:
+        audit.emit("rules_reloaded", status=outcome, ruleset_version=version or None, detail=detail)
+
+    return Runtime(
+        cfg=cfg,
+        spool=Spool(cfg.spool.dir),
+        audit=audit,
+        rules=LiveRuleset(cfg.rules, cfg.destinations.keys(), on_reload=on_reload),
+        deliveries=Deliveries(redis.Redis.from_url(cfg.broker_url)),
+        pool=AssociationPool(cfg.ae_title),
+    )
+
+
+def backoff_delay(attempt: int, initial: float, maximum: float) -> float:
+    """Exponential backoff with full jitter: uniform in [0, min(max, initial * 2^(n-1))]."""
+    ceiling = min(maximum, initial * (2 ** max(0, attempt - 1)))
+    return random.uniform(0, ceiling)
+
+
+@app.task(name=ROUTE_TASK)  # type: ignore[untyped-decorator]
+def route(key: str, meta: dict[str, Any]) -> None:
+    """Decide the destinations of one spooled instance and queue a forward for each."""
+    rt = runtime()
+    path = rt.spool.path(key)
+    sop_uid = meta.get("sop_instance_uid")
+    if not path.exists():
+        log.warning("route: spool file already gone", spool_key=key, sop_instance_uid=sop_uid)
+        return
+    try:
+        ruleset = rt.rules.current()
+    except RulesetError:
+        log.error("route: no valid ruleset loaded; retrying later", spool_key=key)
+        app.send_task(ROUTE_TASK, args=[key, meta], countdown=RULES_UNAVAILABLE_RETRY_S)
+        return
+    try:
+        dataset = dcmread(path, stop_before_pixels=True)
+    except (InvalidDicomError, OSError, ValueError) as exc:
+        log.error("route: cannot parse spooled instance", spool_key=key, error=str(exc))
+        rt.audit.emit("routed", sop_instance_uid=sop_uid, status="unreadable", detail=str(exc))
+        return
+    view = InstanceView(
+        dataset,
+        calling_ae=meta.get("calling_ae", ""),
+        called_ae=meta.get("called_ae", ""),
+        peer_ip=str(meta.get("peer", "")).rsplit(":", 1)[0],
+    )
+    decision = decide(ruleset, view)
+    common = {
+        "sop_instance_uid": sop_uid,
+        "study_instance_uid": meta.get("study_instance_uid"),
+        "calling_ae": meta.get("calling_ae"),
+        "peer": meta.get("peer"),
+        "ruleset_version": ruleset.version,
+    }
+    for rule_name in decision.matched_rules:
+        metrics.rule_matches.labels(rule_name).inc()
+    if decision.unmatched or not decision.destinations:
+        _settle_unrouted(rt, key, decision.unmatched, ruleset.unmatched, common)
+        return
+    rt.deliveries.expect(key, decision.destinations)
+    for destination, rule_name in decision.destinations.items():
+        rt.audit.emit("routed", rule=rule_name, destination=destination, **common)
+        enqueue_forward(key, destination, {**meta, "rule": rule_name})
+    log.info(
+        "routed",
+        spool_key=key,
+        sop_instance_uid=sop_uid,
+        rules=list(decision.matched_rules),
+        destinations=list(decision.destinations),
+    )
+
+
+def _settle_unrouted(
+    rt: Runtime, key: str, unmatched: bool, policy: str, common: dict[str, Any]
+) -> None:
+    """No destination: keep the instance for inspection or discard it, audited either way."""
+    if unmatched:
+        metrics.instances_unmatched.inc()
+    if unmatched and policy == "keep":
+        rt.spool.keep_unmatched(key)
+        status = "unmatched-kept"
+    else:
+        rt.spool.discard(key)
+        status = "unmatched-discarded" if unmatched else "no-destination"
+    rt.audit.emit("routed", status=status, **common)
+    log.info("routed nowhere", spool_key=key, sop_instance_uid=common["sop_instance_uid"],
+             outcome=status)  # fmt: skip
+
+
+def _digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:32]
+
+
+@app.task(name=FORWARD_TASK)  # type: ignore[untyped-decorator]
+def forward(key: str, destination: str, meta: dict[str, Any], attempt: int = 1) -> None:
+    """Deliver one spooled instance to one destination, once."""
+    rt = runtime()
+    sop_uid = str(meta.get("sop_instance_uid", ""))
+    audit_fields = {
+        "sop_instance_uid": sop_uid,
+        "study_instance_uid": meta.get("study_instance_uid"),
+        "calling_ae": meta.get("calling_ae"),
+        "peer": meta.get("peer"),
+        "rule": meta.get("rule"),
+        "destination": destination,
+        "attempt": attempt,
+    }
+    dest_cfg = rt.cfg.destinations.get(destination)
+    path = rt.spool.path(key)
+    if dest_cfg is None or not path.exists():
+        reason = "destination no longer configured" if dest_cfg is None else "spool file missing"
+        log.error("forward: cannot deliver", spool_key=key, destination=destination, reason=reason)
+        rt.audit.emit("forward_failed", status=reason, **audit_fields)
+        return
+    digest = _digest(path)
+    if rt.deliveries.already_delivered(destination, sop_uid, digest):
+        log.info("forward: already delivered, not sending again", spool_key=key,
+                 destination=destination, sop_instance_uid=sop_uid)  # fmt: skip
+        if rt.deliveries.delivered(key, destination, sop_uid, digest):
+            rt.spool.finish(key, rt.cfg.spool.retention_hours)
+        return
+    peer = Peer(dest_cfg.ae_title, dest_cfg.host, dest_cfg.port, dest_cfg.timeout)
+    started = time.monotonic()
+    try:
+        status = rt.pool.send_file(destination, peer, path)
+        outcome = classify(status)
+        status_text = describe(status)
+    except DeliveryError as exc:
+        outcome = Outcome.RETRY if exc.transient else Outcome.FAILED
+        status_text = exc.reason
+    metrics.forward_seconds.labels(destination).observe(time.monotonic() - started)
+    metrics.forward.labels(destination, outcome.value).inc()
+    if outcome in (Outcome.SUCCESS, Outcome.WARNING):
+        size = path.stat().st_size
+        metrics.bytes_forwarded.labels(destination).inc(size)
+        received_at = meta.get("received_at")
+        if isinstance(received_at, int | float):
+            metrics.end_to_end_seconds.labels(destination).observe(time.time() - received_at)
+        rt.audit.emit("forwarded", status=status_text, **audit_fields)
+        if rt.deliveries.delivered(key, destination, sop_uid, digest):
+            rt.spool.finish(key, rt.cfg.spool.retention_hours)
+        log.info("forwarded", spool_key=key, destination=destination, sop_instance_uid=sop_uid,
+                 status=status_text, attempt=attempt)  # fmt: skip
+        return
+    rt.audit.emit("forward_failed", status=status_text, **audit_fields)
+    retry = dest_cfg.retry
+    if outcome == Outcome.RETRY and attempt < retry.max_attempts:
+        delay = backoff_delay(attempt, retry.initial_delay, retry.max_delay)
+        log.warning("forward failed; will retry", spool_key=key, destination=destination,
+                    sop_instance_uid=sop_uid, status=status_text, attempt=attempt,
+                    retry_in_s=round(delay, 2))  # fmt: skip
+        enqueue_forward(key, destination, meta, attempt=attempt + 1, countdown=delay)
+        return
+    rt.deliveries.failed(key, destination, status_text)
+    log.error("forward failed; giving up", spool_key=key, destination=destination,
+              sop_instance_uid=sop_uid, status=status_text, attempt=attempt)  # fmt: skip
