@@ -13,6 +13,7 @@ config behaves the same whatever the working directory of the process.
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -36,15 +37,16 @@ class ConfigError(Exception):
 
 def parse_duration(value: object) -> float:
     """Turn ``2s``, ``10m``, ``1.5h`` or a bare number of seconds into seconds."""
-    if isinstance(value, bool):
-        raise ValueError("expected a duration such as 30s, 10m or 2h")
-    if isinstance(value, int | float):
-        return float(value)
-    if isinstance(value, str):
+    seconds: float | None = None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = float(value)
+    elif isinstance(value, str):
         match = _DURATION.match(value)
         if match:
-            return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
-    raise ValueError(f"expected a duration such as 30s, 10m or 2h, got {value!r}")
+            seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+    if seconds is None or not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(f"expected a duration such as 30s, 10m or 2h, got {value!r}")
+    return seconds
 
 
 class _Strict(BaseModel):

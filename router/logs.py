@@ -25,7 +25,9 @@ PHI_FIELDS = frozenset(
         "PatientBirthName", "ReferringPhysicianName", "AccessionNumber",
         "patient_name", "patient_id", "patient_birth_date", "patient_birth_time",
         "patient_sex", "patient_address", "other_patient_ids", "other_patient_names",
-        "referring_physician_name", "accession_number",
+        "referring_physician_name", "accession_number", "patient_telephone_numbers",
+        "patient_mother_birth_name", "medical_record_locator", "issuer_of_patient_id",
+        "patient_birth_name",
     }
 )  # fmt: skip
 

@@ -195,7 +195,8 @@ class StorageSCP:
 
     def _on_requested(self, event: Any) -> None:
         requestor = event.assoc.requestor
-        calling = str(requestor.ae_title).strip()
+        # The requestor's AE title is filled in only after negotiation; read the request.
+        calling = str(requestor.primitive.calling_ae_title).strip()
         reason = None
         if self.allowed_networks is not None:
             try:

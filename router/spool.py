@@ -58,7 +58,7 @@ def new_key() -> str:
 
 def check_key(key: str) -> str:
     """Refuse anything that is not a key this spool could have made."""
-    if not _KEY.match(key):
+    if not _KEY.fullmatch(key):
         raise SpoolError(f"invalid spool key {key!r}")
     return key
 
@@ -198,7 +198,9 @@ class Spool:
             return keys
         for sub in sorted(self.incoming.iterdir()):
             if sub.is_dir():
-                keys.extend(p.stem for p in sorted(sub.glob(f"*{_SUFFIX}")) if _KEY.match(p.stem))
+                keys.extend(
+                    p.stem for p in sorted(sub.glob(f"*{_SUFFIX}")) if _KEY.fullmatch(p.stem)
+                )
         return keys
 
     def usage_bytes(self) -> int:

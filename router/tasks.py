@@ -89,7 +89,8 @@ def build_runtime(cfg: RouterConfig) -> Runtime:
 
 def backoff_delay(attempt: int, initial: float, maximum: float) -> float:
     """Exponential backoff with full jitter: uniform in [0, min(max, initial * 2^(n-1))]."""
-    ceiling = min(maximum, initial * (2 ** max(0, attempt - 1)))
+    exponent = min(max(0, attempt - 1), 62)  # beyond this every ceiling is `maximum`
+    ceiling = min(maximum, initial * (2**exponent))
     return random.uniform(0, ceiling)
 
 

@@ -3,7 +3,8 @@
 Evaluation is then a chain of closures over an :class:`InstanceView`: no parsing,
 no regex compilation and no I/O per instance. A missing element never raises; it
 simply does not match (``exists: false`` is the one way to ask for absence).
-Multi-valued elements match when any of their values matches.
+Multi-valued elements match when any of their values matches; the negative
+operators ``not_equals`` and ``not_in`` hold when none of them does.
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ OPERATORS = (
     "equals", "not_equals", "in", "not_in", "regex", "contains", "startswith",
     "endswith", "exists", "lt", "le", "gt", "ge",
 )  # fmt: skip
+
+NEGATIVE_OPERATORS = ("not_equals", "not_in")
+"""Hold when no value of a (present) element matches; the others when any value does."""
 
 _TAG = re.compile(r"^\(?\s*([0-9A-Fa-f]{4})\s*,\s*([0-9A-Fa-f]{4})\s*\)?$")
 _SEGMENT = re.compile(r"^(?P<name>\([^)]*\)|[A-Za-z][A-Za-z0-9]*)(?:\[(?P<index>\*|\d+)\])?$")
@@ -166,12 +170,19 @@ def _number(value: Any) -> float | None:
 
 
 def _temporal(vr: str, value: Any) -> dt.date | dt.time | dt.datetime | None:
-    if isinstance(value, dt.datetime | dt.date | dt.time):
+    """A DA, TM or DT value (or a YAML date/time operand) as a comparable Python object."""
+    if isinstance(value, dt.datetime):
+        return value.date() if vr == "DA" else value
+    if isinstance(value, dt.date):
+        return dt.datetime.combine(value, dt.time.min) if vr == "DT" else value
+    if isinstance(value, dt.time):
         return value
     text = _text(value).replace("-", "").replace(":", "")
     try:
         if vr == "DA":
-            return dt.datetime.strptime(text[:8], "%Y%m%d").date()
+            if len(text) != 8 or not text.isdigit():
+                return None
+            return dt.datetime.strptime(text, "%Y%m%d").date()
         if vr == "TM":
             main, _, frac = text.partition(".")
             main = (main + "0000")[:6]
@@ -238,7 +249,8 @@ def _subject_clause(subject: str, spec: Any, line: int, errors: CompileErrors) -
             continue
         value_test = _value_test(op, operand, op_line, errors)
         if value_test is not None:
-            tests.append(_any_value(value_test))
+            negative = op in NEGATIVE_OPERATORS
+            tests.append(_no_value(value_test) if negative else _any_value(value_test))
 
     def predicate(view: InstanceView) -> bool:
         found = accessor(view)
@@ -264,20 +276,24 @@ def _any_value(test: Callable[[str, Any], bool]) -> Callable[[Values], bool]:
     return check
 
 
+def _no_value(test: Callable[[str, Any], bool]) -> Callable[[Values], bool]:
+    """For not_equals/not_in: the element is present and none of its values matches."""
+    positive = _any_value(test)
+    return lambda found: found is not None and not positive(found)
+
+
 def _value_test(
     op: str, operand: Any, line: int, errors: CompileErrors
 ) -> Callable[[str, Any], bool] | None:
     holder: dict[str, Callable[[str, Any], bool]] = {}
     if op in ("equals", "not_equals"):
-        eq = _equal(operand)
-        holder["t"] = eq if op == "equals" else (lambda vr, v: not eq(vr, v))
+        holder["t"] = _equal(operand)
     elif op in ("in", "not_in"):
         if not isinstance(operand, list):
             errors.add(line, f"'{op}' needs a list of values")
             return None
         tests = [_equal(item) for item in operand]
-        positive = op == "in"
-        holder["t"] = lambda vr, v: any(t(vr, v) for t in tests) == positive
+        holder["t"] = lambda vr, v: any(t(vr, v) for t in tests)
     elif op == "regex":
         try:
             pattern = re.compile(str(operand))

@@ -53,6 +53,7 @@ class CompiledRule:
     file: str
     line: int
     catch_all: bool
+    enabled: bool = True
 
 
 @dataclass(frozen=True)
@@ -126,6 +127,7 @@ def _compile_rule(
         file=file,
         line=line,
         catch_all=not model.match and model.enabled,
+        enabled=model.enabled,
     )
 
 
@@ -216,8 +218,7 @@ def load_ruleset(path: Path, destinations: Collection[str] | None = None) -> Rul
         for raw, line in zip(raw_rules, lines, strict=True):
             rule = _compile_rule(raw, line, str(file), problems)
             if rule is not None:
-                enabled = bool(raw.get("enabled", True))
-                compiled.append((rule, enabled))
+                compiled.append((rule, rule.enabled))
     _check_semantics(compiled, destinations, problems)
     if problems:
         raise RulesetError(problems)

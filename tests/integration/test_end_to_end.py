@@ -133,14 +133,18 @@ def test_dicom_router_echo(router: RouterProcess, orthanc: Orthanc) -> None:
     by_name = run_cli(router.config_path, "echo", "orthanc")
     assert by_name.returncode == 0, by_name.stderr
     assert "C-ECHO succeeded" in by_name.stdout
-    by_address = run_cli(router.config_path, "echo", f"{orthanc.aet}@127.0.0.1:{orthanc.dicom_port}")
+    by_address = run_cli(
+        router.config_path, "echo", f"{orthanc.aet}@127.0.0.1:{orthanc.dicom_port}"
+    )
     assert by_address.returncode == 0, by_address.stderr
 
 
 def test_dicom_router_echo_to_closed_port_fails_clearly(router: RouterProcess) -> None:
     from tests.support.ports import free_port
 
-    result = run_cli(router.config_path, "echo", f"NOBODY@127.0.0.1:{free_port()}", "--timeout", "3")
+    result = run_cli(
+        router.config_path, "echo", f"NOBODY@127.0.0.1:{free_port()}", "--timeout", "3"
+    )
     assert result.returncode == 1
     assert "cannot connect" in result.stderr
     unknown = run_cli(router.config_path, "echo", "no_such_destination")

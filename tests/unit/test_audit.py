@@ -1,0 +1,160 @@
+"""router.audit: one JSON line per event, every contract field present."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import threading
+from pathlib import Path
+
+import pytest
+
+from router.audit import EVENTS, FIELDS, AuditLog, audit_record
+
+CONTRACT = {
+    "ts",
+    "event",
+    "sop_instance_uid",
+    "study_instance_uid",
+    "calling_ae",
+    "peer",
+    "rule",
+    "destination",
+    "status",
+    "attempt",
+    "ruleset_version",
+}
+
+
+def read_lines(path: Path) -> list[dict[str, object]]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def test_contract_fields_constant() -> None:
+    assert {"ts", "event", *FIELDS} == CONTRACT
+    assert set(EVENTS) >= {"received", "routed", "forwarded", "forward_failed", "rules_reloaded"}
+
+
+@pytest.mark.parametrize("event", EVENTS)
+def test_record_has_every_contract_field(event: str) -> None:
+    record = audit_record(event)
+    assert set(record) == CONTRACT
+    assert record["event"] == event
+    assert all(record[name] is None for name in FIELDS)
+
+
+def test_record_carries_given_fields_and_extras() -> None:
+    record = audit_record(
+        "forwarded",
+        sop_instance_uid="1.2.3",
+        destination="pacs",
+        attempt=2,
+        status="0x0000 SUCCESS",
+        detail="extra info",
+        skipped=None,
+    )
+    assert record["sop_instance_uid"] == "1.2.3"
+    assert record["destination"] == "pacs"
+    assert record["attempt"] == 2
+    assert record["status"] == "0x0000 SUCCESS"
+    assert record["detail"] == "extra info"
+    assert "skipped" not in record  # None extras are dropped
+    assert record["rule"] is None  # None contract fields are kept
+
+
+def test_timestamp_is_utc_iso_with_milliseconds() -> None:
+    before = dt.datetime.now(dt.UTC)
+    ts = audit_record("received")["ts"]
+    after = dt.datetime.now(dt.UTC)
+    assert isinstance(ts, str)
+    parsed = dt.datetime.fromisoformat(ts)
+    assert parsed.utcoffset() == dt.timedelta(0)
+    assert len(ts.split(".")[1].split("+")[0]) == 3
+    assert before - dt.timedelta(milliseconds=1) <= parsed <= after
+
+
+@pytest.mark.parametrize("event", ["deleted", "", "RECEIVED", "received "])
+def test_unknown_event_refused(event: str) -> None:
+    with pytest.raises(ValueError, match="unknown audit event"):
+        audit_record(event)
+
+
+def test_emit_refuses_unknown_event_and_writes_nothing(tmp_path: Path) -> None:
+    log = AuditLog(tmp_path / "audit.jsonl")
+    with pytest.raises(ValueError):
+        log.emit("bogus")
+    log.close()
+    assert not (tmp_path / "audit.jsonl").exists()
+
+
+def test_emit_writes_one_json_line_per_event(tmp_path: Path) -> None:
+    path = tmp_path / "sub" / "dir" / "audit.jsonl"
+    log = AuditLog(path)
+    log.emit("received", sop_instance_uid="1.2.3", calling_ae="CT1", peer="10.0.0.5")
+    log.emit("routed", sop_instance_uid="1.2.3", rule="ct", ruleset_version="abc123")
+    log.emit("rules_reloaded", status="loaded", source=Path("/x/y.yaml"))
+    log.close()
+    text = path.read_text(encoding="utf-8")
+    assert text.endswith("\n")
+    lines = text.splitlines()
+    assert len(lines) == 3
+    records = [json.loads(line) for line in lines]
+    assert [r["event"] for r in records] == ["received", "routed", "rules_reloaded"]
+    assert records[0]["calling_ae"] == "CT1" and records[0]["peer"] == "10.0.0.5"
+    assert records[1]["rule"] == "ct" and records[1]["ruleset_version"] == "abc123"
+    assert records[2]["source"] == "/x/y.yaml"  # non-JSON types rendered as text
+    assert all(set(r) >= CONTRACT for r in records)
+
+
+def test_emit_appends_to_existing_trail(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    path.write_text('{"event":"old"}\n', encoding="utf-8")
+    log = AuditLog(path)
+    log.emit("received")
+    log.close()
+    log2 = AuditLog(path)
+    log2.emit("routed")
+    log2.close()
+    assert [r["event"] for r in read_lines(path)] == ["old", "received", "routed"]
+
+
+def test_emit_after_close_reopens(tmp_path: Path) -> None:
+    log = AuditLog(tmp_path / "a.jsonl")
+    log.emit("received")
+    log.close()
+    log.emit("routed")
+    log.close()
+    assert [r["event"] for r in read_lines(tmp_path / "a.jsonl")] == ["received", "routed"]
+
+
+def test_emit_raises_when_trail_cannot_be_written(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(OSError):
+        AuditLog(blocker / "audit.jsonl").emit("received")
+
+
+def test_concurrent_emits_are_whole_lines_and_none_lost(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    log = AuditLog(path)
+    threads_n, per_thread = 8, 200
+    barrier = threading.Barrier(threads_n)
+
+    def work(t: int) -> None:
+        barrier.wait()
+        for i in range(per_thread):
+            log.emit("forwarded", destination=f"d{t}", attempt=i, detail="x" * (i % 50))
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(threads_n)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    log.close()
+    records = read_lines(path)  # every line is valid JSON
+    assert len(records) == threads_n * per_thread
+    seen = {(r["destination"], r["attempt"]) for r in records}
+    assert seen == {(f"d{t}", i) for t in range(threads_n) for i in range(per_thread)}
+    for t in range(threads_n):
+        attempts = [r["attempt"] for r in records if r["destination"] == f"d{t}"]
+        assert attempts == sorted(attempts)  # a thread's events stay in order

@@ -1,0 +1,178 @@
+"""router.rules.live.LiveRuleset: hot reload that refuses invalid edits."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from pydicom import Dataset
+
+from router.rules.conditions import InstanceView
+from router.rules.engine import decide
+from router.rules.live import LiveRuleset
+from router.rules.loader import RulesetError
+
+DESTS = ("pacs", "research")
+CT_TO_PACS = "rules:\n  - {name: ct, match: {Modality: CT}, forward: [pacs]}\n"
+CT_TO_RESEARCH = "rules:\n  - {name: ct, match: {Modality: CT}, forward: [research]}\n"
+INVALID = "rules:\n  - {name: ct, match: {Modalty: CT}, forward: [pacs]}\n"
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str, str]] = []
+
+    def __call__(self, outcome: str, version: str, detail: str) -> None:
+        self.calls.append((outcome, version, detail))
+
+    @property
+    def outcomes(self) -> list[str]:
+        return [c[0] for c in self.calls]
+
+
+_bump = [0]
+
+
+def edit(path: Path, text: str) -> None:
+    """Rewrite and move the mtime forward so the change is visible whatever the clock."""
+    path.write_text(text, encoding="utf-8")
+    _bump[0] += 10
+    stamp = path.stat().st_mtime + _bump[0]
+    os.utime(path, (stamp, stamp))
+
+
+def ct() -> InstanceView:
+    ds = Dataset()
+    ds.Modality = "CT"
+    return InstanceView(ds)
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    (tmp_path / "rules").mkdir()
+    return tmp_path / "rules"
+
+
+def test_loads_and_reports(folder: Path) -> None:
+    edit(folder / "r.yaml", CT_TO_PACS)
+    recorder = Recorder()
+    live = LiveRuleset(folder, DESTS, on_reload=recorder, interval_s=0)
+    ruleset = live.current()
+    assert decide(ruleset, ct()).destinations == {"pacs": "ct"}
+    assert recorder.calls == [("loaded", ruleset.version, "1 rules")]
+
+
+def test_unchanged_files_keep_the_same_object(folder: Path) -> None:
+    edit(folder / "r.yaml", CT_TO_PACS)
+    recorder = Recorder()
+    live = LiveRuleset(folder, DESTS, on_reload=recorder, interval_s=0)
+    first = live.current()
+    assert live.current() is first
+    assert live.current() is first
+    assert recorder.outcomes == ["loaded"]
+
+
+def test_picks_up_edited_file(folder: Path) -> None:
+    path = folder / "r.yaml"
+    edit(path, CT_TO_PACS)
+    recorder = Recorder()
+    live = LiveRuleset(folder, DESTS, on_reload=recorder, interval_s=0)
+    old = live.current()
+    edit(path, CT_TO_RESEARCH)
+    new = live.current()
+    assert new.version != old.version
+    assert decide(new, ct()).destinations == {"research": "ct"}
+    assert recorder.outcomes == ["loaded", "loaded"]
+    assert recorder.calls[-1][1] == new.version
+
+
+def test_picks_up_added_file(folder: Path) -> None:
+    edit(folder / "10.yaml", "rules:\n  - {name: a, match: {Modality: MR}, forward: [pacs]}\n")
+    live = LiveRuleset(folder, DESTS, interval_s=0)
+    assert decide(live.current(), ct()).unmatched
+    edit(folder / "20.yaml", CT_TO_PACS)
+    assert decide(live.current(), ct()).destinations == {"pacs": "ct"}
+
+
+def test_invalid_edit_is_refused_and_old_ruleset_kept(folder: Path) -> None:
+    path = folder / "r.yaml"
+    edit(path, CT_TO_PACS)
+    recorder = Recorder()
+    live = LiveRuleset(folder, DESTS, on_reload=recorder, interval_s=0)
+    good = live.current()
+    edit(path, INVALID)
+    assert live.current() is good
+    assert decide(live.current(), ct()).destinations == {"pacs": "ct"}
+    assert recorder.outcomes == ["loaded", "refused"]
+    _outcome, version, detail = recorder.calls[1]
+    assert version == ""
+    assert f"{path}:2:" in detail and "Modalty" in detail
+    # Fixing the file is picked up again.
+    edit(path, CT_TO_RESEARCH)
+    assert decide(live.current(), ct()).destinations == {"research": "ct"}
+    assert recorder.outcomes == ["loaded", "refused", "loaded"]
+
+
+def test_unknown_destination_edit_is_refused(folder: Path) -> None:
+    path = folder / "r.yaml"
+    edit(path, CT_TO_PACS)
+    recorder = Recorder()
+    live = LiveRuleset(folder, DESTS, on_reload=recorder, interval_s=0)
+    good = live.current()
+    edit(path, CT_TO_PACS.replace("[pacs]", "[nowhere]"))
+    assert live.current() is good
+    assert recorder.outcomes == ["loaded", "refused"]
+    assert "unknown destination 'nowhere'" in recorder.calls[1][2]
+
+
+def test_deleting_every_rule_file_keeps_old_ruleset(folder: Path) -> None:
+    path = folder / "r.yaml"
+    edit(path, CT_TO_PACS)
+    recorder = Recorder()
+    live = LiveRuleset(folder, DESTS, on_reload=recorder, interval_s=0)
+    good = live.current()
+    path.unlink()
+    assert live.current() is good
+    assert recorder.outcomes == ["loaded", "refused"]
+
+
+def test_reverting_to_identical_content_does_not_announce_a_new_version(folder: Path) -> None:
+    path = folder / "r.yaml"
+    edit(path, CT_TO_PACS)
+    recorder = Recorder()
+    live = LiveRuleset(folder, DESTS, on_reload=recorder, interval_s=0)
+    first = live.current()
+    edit(path, CT_TO_PACS)  # touched, same content
+    assert live.current() is first
+    assert recorder.outcomes == ["loaded"]
+
+
+def test_nothing_valid_ever_loaded_raises(folder: Path) -> None:
+    path = folder / "r.yaml"
+    edit(path, INVALID)
+    recorder = Recorder()
+    live = LiveRuleset(folder, DESTS, on_reload=recorder, interval_s=0)
+    with pytest.raises(RulesetError) as info:
+        live.current()
+    assert any("Modalty" in str(p) for p in info.value.problems)
+    assert recorder.outcomes == ["refused"]
+    edit(path, CT_TO_PACS)
+    assert decide(live.current(), ct()).destinations == {"pacs": "ct"}
+
+
+def test_missing_folder_raises(tmp_path: Path) -> None:
+    live = LiveRuleset(tmp_path / "absent", DESTS, interval_s=0)
+    with pytest.raises(RulesetError, match="no rule files found"):
+        live.current()
+
+
+def test_interval_delays_checks(folder: Path) -> None:
+    path = folder / "r.yaml"
+    edit(path, CT_TO_PACS)
+    live = LiveRuleset(folder, DESTS, interval_s=3600)
+    first = live.current()
+    edit(path, CT_TO_RESEARCH)
+    assert live.current() is first  # not re-checked within the interval
+    live.interval_s = 0
+    assert decide(live.current(), ct()).destinations == {"research": "ct"}

@@ -1,0 +1,141 @@
+"""router.logs: JSON logs on stdout that never carry patient identity."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Iterator
+
+import pytest
+import structlog
+
+from router.logs import PHI_FIELDS, REDACTED, configure_logging, drop_phi, get_logger
+
+
+@pytest.fixture(autouse=True)
+def restore_logging() -> Iterator[None]:
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    pynetdicom_level = logging.getLogger("pynetdicom").level
+    yield
+    structlog.reset_defaults()
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    logging.getLogger("pynetdicom").setLevel(pynetdicom_level)
+
+
+def snake(keyword: str) -> str:
+    """DICOM keyword -> snake_case as in PHI_FIELDS (OtherPatientIDs -> other_patient_ids)."""
+    keyword = keyword.replace("IDs", "Ids")
+    return re.sub(r"(?<=[a-z])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "_", keyword).lower()
+
+
+def json_lines(text: str) -> list[dict[str, object]]:
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+@pytest.mark.parametrize(
+    "field",
+    [
+        "PatientName",
+        "PatientID",
+        "PatientBirthDate",
+        "PatientSex",
+        "OtherPatientIDs",
+        "AccessionNumber",
+        "ReferringPhysicianName",
+        "patient_name",
+        "patient_id",
+        "patient_birth_date",
+        "accession_number",
+    ],
+)
+def test_drop_phi_redacts(field: str) -> None:
+    event = {"event": "stored", field: "DOE^JOHN", "sop_instance_uid": "1.2.3"}
+    out = drop_phi(None, "info", event)
+    assert out[field] == REDACTED
+    assert out["event"] == "stored"
+    assert out["sop_instance_uid"] == "1.2.3"
+
+
+def test_drop_phi_keeps_everything_else() -> None:
+    event = {"event": "x", "calling_ae": "CT1", "spool_key": "ab" * 16, "patient": "not-a-field"}
+    assert drop_phi(None, "info", dict(event)) == event
+
+
+def test_phi_fields_include_snake_case_of_core_keywords() -> None:
+    core = ("PatientName", "PatientID", "OtherPatientIDs", "PatientSex", "AccessionNumber")
+    for keyword in core:
+        assert keyword in PHI_FIELDS
+        assert snake(keyword) in PHI_FIELDS
+
+
+def test_every_phi_keyword_has_its_snake_case_form() -> None:
+    keywords = {f for f in PHI_FIELDS if f[0].isupper()}
+    missing = sorted(snake(k) for k in keywords if snake(k) not in PHI_FIELDS)
+    # today: issuer_of_patient_id, medical_record_locator, patient_birth_name,
+    # patient_mother_birth_name, patient_telephone_numbers
+    assert missing == []
+
+
+def test_json_log_line_on_stdout_without_patient_name(capsys: pytest.CaptureFixture[str]) -> None:
+    configure_logging("INFO", json_output=True)
+    get_logger("router.test").info(
+        "instance stored", PatientName="DOE^JOHN", patient_id="PID-4711", sop_instance_uid="1.2.3"
+    )
+    out = capsys.readouterr().out
+    assert "DOE^JOHN" not in out
+    assert "PID-4711" not in out
+    (record,) = json_lines(out)
+    assert record["event"] == "instance stored"
+    assert record["PatientName"] == REDACTED
+    assert record["patient_id"] == REDACTED
+    assert record["sop_instance_uid"] == "1.2.3"
+    assert record["level"] == "info"
+    assert "timestamp" in record
+
+
+def test_contextvars_are_redacted_too(capsys: pytest.CaptureFixture[str]) -> None:
+    configure_logging("INFO", json_output=True)
+    structlog.contextvars.bind_contextvars(PatientName="DOE^JANE", calling_ae="CT1")
+    try:
+        get_logger("router.test").info("bound")
+    finally:
+        structlog.contextvars.clear_contextvars()
+    out = capsys.readouterr().out
+    assert "DOE^JANE" not in out
+    (record,) = json_lines(out)
+    assert record["calling_ae"] == "CT1"
+
+
+def test_level_filters(capsys: pytest.CaptureFixture[str]) -> None:
+    configure_logging("WARNING", json_output=True)
+    log = get_logger("router.test")
+    log.info("hidden")
+    log.warning("shown")
+    records = json_lines(capsys.readouterr().out)
+    assert [r["event"] for r in records] == ["shown"]
+    assert records[0]["level"] == "warning"
+
+
+def test_stdlib_logging_goes_through_same_json_pipeline(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    configure_logging("INFO", json_output=True)
+    logging.getLogger("some.library").warning("library says %s", "hello")
+    logging.getLogger("pynetdicom").info("dataset summary PatientName=DOE^JOHN")
+    out = capsys.readouterr().out
+    (record,) = json_lines(out)
+    assert record["event"] == "library says hello"
+    assert record["level"] == "warning"
+    assert "DOE^JOHN" not in out  # pynetdicom kept at WARNING
+
+
+def test_console_output_also_redacts(capsys: pytest.CaptureFixture[str]) -> None:
+    configure_logging("INFO", json_output=False)
+    get_logger("router.test").info("stored", PatientName="DOE^JOHN", calling_ae="CT1")
+    out = capsys.readouterr().out
+    assert "stored" in out and "CT1" in out
+    assert "DOE^JOHN" not in out
+    assert REDACTED in out
