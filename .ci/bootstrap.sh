@@ -27,13 +27,15 @@ apt_install() {
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
 }
 
-if [ "$MODE" = "test" ]; then
-  apt_install python3-venv dcmtk orthanc dicom3tools redis-server
-else
-  apt_install python3-venv dcmtk
-fi
-
 PY="${PYTHON:-python3}"
+if ! command -v "$PY" >/dev/null 2>&1 || ! "$PY" -c 'import venv, ensurepip' 2>/dev/null; then
+  apt_install python3 python3-venv
+fi
+if [ "$MODE" = "test" ]; then
+  apt_install dcmtk orthanc dicom3tools redis-server
+else
+  apt_install dcmtk
+fi
 if [ ! -x "$ROOT/.venv/bin/python" ]; then
   say "creating virtual environment in .venv"
   "$PY" -m venv "$ROOT/.venv"

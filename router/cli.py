@@ -68,7 +68,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         "worker",
         "--queues", f"{ROUTE_QUEUE},{FORWARD_QUEUE}",
         "--concurrency", str(args.concurrency),
-        "--pool", os.environ.get("BENCH_POOL", "prefork"),
+        "--pool", "prefork",
         "--loglevel", args.log_level or cfg.log_level,
         "--hostname", f"dicom-router-{os.getpid()}@%h",
         "--without-gossip", "--without-mingle",

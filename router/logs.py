@@ -77,6 +77,9 @@ def configure_logging(level: str = "INFO", json_output: bool | None = None) -> N
     root.setLevel(level.upper())
     # pynetdicom logs dataset summaries at DEBUG; keep it at WARNING.
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    # Celery logs two lines per task; the audit trail already records each instance.
+    for name in ("celery.worker.strategy", "celery.app.trace"):
+        logging.getLogger(name).setLevel(max(logging.WARNING, root.level))
 
 
 def get_logger(name: str) -> Any:

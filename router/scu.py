@@ -30,7 +30,9 @@ from router import metrics
 _config.STORE_SEND_CHUNKED_DATASET = True
 
 MAX_CONTEXTS = 120
-IDLE_CLOSE_S = 60.0
+# pynetdicom polls every open association (two threads waking about every
+# millisecond, roughly a tenth of a core per side), so idle ones are closed soon.
+IDLE_CLOSE_S = 10.0
 
 
 class DeliveryError(Exception):

@@ -138,7 +138,7 @@ def route(key: str, meta: dict[str, Any]) -> None:
     for destination, rule_name in decision.destinations.items():
         rt.audit.emit("routed", rule=rule_name, destination=destination, **common)
         enqueue_forward(key, destination, {**meta, "rule": rule_name})
-    log.info(
+    log.debug(
         "routed",
         spool_key=key,
         sop_instance_uid=sop_uid,
@@ -220,7 +220,7 @@ def forward(key: str, destination: str, meta: dict[str, Any], attempt: int = 1) 
         rt.audit.emit("forwarded", status=status_text, **audit_fields)
         if rt.deliveries.delivered(key, destination, sop_uid, digest):
             rt.spool.finish(key, rt.cfg.spool.retention_hours)
-        log.info("forwarded", spool_key=key, destination=destination, sop_instance_uid=sop_uid,
+        log.debug("forwarded", spool_key=key, destination=destination, sop_instance_uid=sop_uid,
                  status=status_text, attempt=attempt)  # fmt: skip
         return
     rt.audit.emit("forward_failed", status=status_text, **audit_fields)

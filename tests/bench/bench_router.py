@@ -7,7 +7,7 @@ Both paths are measured in one run, alternating, and the medians compared:
 The router time runs from the start of storescu until the sink holds every
 instance (end to end, not just acknowledgement). Peak memory is the largest sum
 of resident set sizes of the router's process tree (SCP + worker pool) sampled
-every 50 ms. Redis is a private server flushed between repetitions so that the
+every 200 ms. Redis is a private server flushed between repetitions so that the
 delivery records of one repetition do not short-cut the next.
 """
 
@@ -53,7 +53,7 @@ class PeakRSS:
             except psutil.Error:
                 break
             self.peak = max(self.peak, total)
-            time.sleep(0.05)
+            time.sleep(0.2)
 
     def __enter__(self) -> PeakRSS:
         self._thread.start()
