@@ -15,8 +15,16 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
-from router.config import ConfigError, RouterConfig, config_path, load_config
+from router.config import (
+    ConfigError,
+    RouterConfig,
+    config_path,
+    destination_syntaxes,
+    load_config,
+    load_salt,
+)
 from router.logs import configure_logging
 
 _TARGET = re.compile(r"^(?P<aet>[^@]{1,16})@(?P<host>[^:]+):(?P<port>\d{1,5})$")
@@ -105,55 +113,84 @@ def cmd_echo(args: argparse.Namespace) -> int:
     return EXIT_OK if ok else EXIT_PROBLEMS
 
 
-def cmd_rules_lint(args: argparse.Namespace) -> int:
+def _ruleset_for(args: argparse.Namespace, path: str | None) -> tuple[Any, bytes] | int:
+    """Load the rules named on the command line or in the config; print problems.
+
+    Returns (ruleset, salt), or an exit code when config or rules are invalid. Without
+    a config file, rules are checked on their own (no destination names to verify).
+    """
     from router.rules.loader import RulesetError, load_ruleset
 
     destinations = None
-    rules_path = Path(args.path) if args.path else None
+    salt: bytes | None = None
+    rules_path = Path(path) if path else None
     try:
         cfg = load_config(args.config)
-        destinations = list(cfg.destinations)
+        destinations = destination_syntaxes(cfg)
+        salt = load_salt(cfg)
         rules_path = rules_path or cfg.rules
     except ConfigError as exc:
-        if args.path is None or config_path(args.config).exists():
+        if path is None or config_path(args.config).exists():
             print(exc, file=sys.stdout)
             return EXIT_PROBLEMS
     assert rules_path is not None
     try:
-        ruleset = load_ruleset(rules_path, destinations)
+        ruleset = load_ruleset(rules_path, destinations, None if salt is None else bool(salt))
     except RulesetError as exc:
         for problem in exc.problems:
             print(problem)
         return EXIT_PROBLEMS
+    return ruleset, salt or b""
+
+
+def cmd_rules_lint(args: argparse.Namespace) -> int:
+    loaded = _ruleset_for(args, args.path)
+    if isinstance(loaded, int):
+        return loaded
+    ruleset, _salt = loaded
     print(
         f"ok: {len(ruleset.rules)} rules in {len(ruleset.files)} files, version {ruleset.version}"
     )
     return EXIT_OK
 
 
+def cmd_rules_test(args: argparse.Namespace) -> int:
+    from router.rules.ruletests import run_tests, test_files
+
+    loaded = _ruleset_for(args, args.path)
+    if isinstance(loaded, int):
+        return loaded
+    ruleset, salt = loaded
+    where = Path(args.path) if args.path else Path(ruleset.files[0]).parent
+    files = test_files(where)
+    results = run_tests(files, ruleset, salt)
+    for result in results:
+        if result.passed:
+            print(f"ok   {result.file}:{result.line}: {result.name}")
+        for failure in result.failures:
+            print(f"FAIL {result.file}:{result.line}: {result.name}: {failure}")
+    failed = sum(1 for r in results if not r.passed)
+    print(f"rules test: {len(results) - failed} passed, {failed} failed")
+    if not files:
+        print(f"no *_test.yaml files beside {where}")
+    return EXIT_PROBLEMS if failed or not files else EXIT_OK
+
+
 def cmd_rules_explain(args: argparse.Namespace) -> int:
     from pydicom import dcmread
 
-    from router.rules import InstanceView, RulesetError, decide, load_ruleset
+    from router.rules import InstanceView
+    from router.rules.ruletests import explain
 
-    cfg = _load(args)
-    try:
-        ruleset = load_ruleset(Path(args.rules) if args.rules else cfg.rules, cfg.destinations)
-    except RulesetError as exc:
-        print(exc, file=sys.stderr)
-        return EXIT_PROBLEMS
+    loaded = _ruleset_for(args, args.rules)
+    if isinstance(loaded, int):
+        return loaded
+    ruleset, salt = loaded
     dataset = dcmread(args.file, stop_before_pixels=True)
-    view = InstanceView(dataset, calling_ae=args.calling_ae, called_ae=cfg.ae_title,
+    view = InstanceView(dataset, calling_ae=args.calling_ae, called_ae="ROUTER",
                         peer_ip=args.peer_ip)  # fmt: skip
-    decision = decide(ruleset, view)
-    print(f"ruleset version {ruleset.version}")
-    for rule in ruleset.rules:
-        mark = "matched" if rule.name in decision.matched_rules else "-"
-        print(f"  {mark:8} {rule.name}  ({rule.file}:{rule.line})")
-    if decision.unmatched:
-        print(f"no rule matched: unmatched policy is {ruleset.unmatched!r}")
-    for dest, rule_name in decision.destinations.items():
-        print(f"  -> {dest} (rule {rule_name}), transfer syntax unchanged")
+    for line in explain(ruleset, view, salt):
+        print(line)
     return EXIT_OK
 
 
@@ -202,6 +239,9 @@ def build_parser() -> argparse.ArgumentParser:
     lint = rules_sub.add_parser("lint", help="validate rule files and the config")
     lint.add_argument("path", nargs="?")
     lint.set_defaults(func=cmd_rules_lint)
+    test = rules_sub.add_parser("test", help="run the *_test.yaml rule tests")
+    test.add_argument("path", nargs="?")
+    test.set_defaults(func=cmd_rules_test)
     explain = rules_sub.add_parser("explain", help="dry-run the rules on a DICOM file")
     explain.add_argument("file")
     explain.add_argument("--calling-ae", default="")

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 DEFAULT_CONFIG_PATH = "router.yaml"
 ENV_PREFIX = "ROUTER_"
@@ -150,6 +150,8 @@ class RouterConfig(_Strict):
     audit: AuditConfig = Field(default_factory=lambda: AuditConfig())
     destinations: dict[str, DestinationConfig] = Field(default_factory=dict)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    salt: SecretStr | None = None
+    salt_file: Path | None = None
     source: Path | None = Field(None, exclude=True)
 
     @field_validator("destinations")
@@ -203,6 +205,7 @@ def _resolve_paths(cfg: RouterConfig, base: Path) -> RouterConfig:
 
     updates: dict[str, Any] = {
         "rules": res(cfg.rules),
+        "salt_file": res(cfg.salt_file),
         "spool": cfg.spool.model_copy(update={"dir": res(cfg.spool.dir)}),
         "audit": cfg.audit.model_copy(update={"file": res(cfg.audit.file)}),
     }
@@ -267,3 +270,28 @@ def load_config(
         raise ConfigError(describe_validation_error(str(file), exc)) from exc
     cfg = _resolve_paths(cfg, file.resolve().parent)
     return cfg.model_copy(update={"source": file.resolve()})
+
+
+def load_salt(cfg: RouterConfig) -> bytes:
+    """The secret for keyed actions: ``salt`` (e.g. ``ROUTER_SALT``) or the file ``salt_file``.
+
+    Empty when neither is set; rules that need it are then refused at load.
+    """
+    if cfg.salt is not None:
+        return cfg.salt.get_secret_value().encode()
+    if cfg.salt_file is not None:
+        try:
+            return cfg.salt_file.read_bytes().strip()
+        except OSError as exc:
+            raise ConfigError(f"salt_file {cfg.salt_file}: cannot read: {exc.strerror}") from exc
+    return b""
+
+
+def destination_syntaxes(cfg: RouterConfig) -> dict[str, list[str]]:
+    """Destination name -> transfer syntax UIDs it accepts (names translated; unknown kept)."""
+    from router.rules.actions import transfer_syntax_uid
+
+    return {
+        name: [transfer_syntax_uid(ts) or ts for ts in dest.transfer_syntaxes]
+        for name, dest in cfg.destinations.items()
+    }

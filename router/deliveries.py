@@ -21,6 +21,10 @@ def pending_key(spool_key: str) -> str:
     return f"{PREFIX}pending:{spool_key}"
 
 
+def derived_key(spool_key: str) -> str:
+    return f"{PREFIX}derived:{spool_key}"
+
+
 def delivered_key(destination: str, sop_instance_uid: str, digest: str) -> str:
     return f"{PREFIX}delivered:{destination}:{sop_instance_uid}:{digest}"
 
@@ -36,6 +40,18 @@ class Deliveries:
         fields = {dest: "queued" for dest in destinations}
         if fields:
             self.redis.hset(pending_key(spool_key), mapping=fields)  # type: ignore[arg-type]
+
+    def add_derived(self, spool_key: str, derived: str) -> None:
+        """Remember a rule's changed copy, removed with the original once all are delivered."""
+        self.redis.sadd(derived_key(spool_key), derived)
+
+    def take_derived(self, spool_key: str) -> list[str]:
+        """The changed copies of an instance (and forget them)."""
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.smembers(derived_key(spool_key))
+        pipe.delete(derived_key(spool_key))
+        members: set[bytes] = pipe.execute()[0]
+        return sorted(m.decode() for m in members)
 
     def already_delivered(self, destination: str, sop_instance_uid: str, digest: str) -> bool:
         return bool(self.redis.exists(delivered_key(destination, sop_instance_uid, digest)))

@@ -20,12 +20,14 @@ Layout below ``spool.dir``::
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import re
 import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 _KEY = re.compile(r"^[0-9a-f]{32}$")
 _SUFFIX = ".dcm"
@@ -143,6 +145,12 @@ class Spool:
         except (OSError, SpoolError) as exc:
             tmp.unlink(missing_ok=True)
             raise SpoolError(f"cannot store instance in spool: {exc}") from exc
+
+    def write_dataset(self, dataset: Any) -> str:
+        """Store a (changed) dataset in DICOM file format, in its own transfer syntax."""
+        buffer = io.BytesIO()
+        dataset.save_as(buffer, enforce_file_format=True)
+        return self.write_bytes(buffer.getvalue())
 
     # --- taking instances out ---------------------------------------------------
     def discard(self, key: str) -> None:

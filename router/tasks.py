@@ -12,6 +12,7 @@ import hashlib
 import os
 import random
 import time
+from copy import deepcopy
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,11 +23,13 @@ from pydicom.errors import InvalidDicomError
 
 from router import metrics
 from router.audit import AuditLog
-from router.config import RouterConfig, load_config
+from router.config import RouterConfig, destination_syntaxes, load_config, load_salt
 from router.deliveries import Deliveries
 from router.logs import get_logger
 from router.queue import FORWARD_TASK, ROUTE_TASK, app, enqueue_forward
 from router.rules import InstanceView, RulesetError, decide
+from router.rules.actions import ActionContext
+from router.rules.engine import Decision, destinations_by_rule
 from router.rules.live import LiveRuleset
 from router.scu import AssociationPool, DeliveryError, Peer
 from router.spool import Spool
@@ -47,6 +50,7 @@ class Runtime:
     rules: LiveRuleset
     deliveries: Deliveries
     pool: AssociationPool
+    salt: bytes
 
 
 _runtime: Runtime | None = None
@@ -77,13 +81,17 @@ def build_runtime(cfg: RouterConfig) -> Runtime:
     def on_reload(outcome: str, version: str, detail: str) -> None:
         audit.emit("rules_reloaded", status=outcome, ruleset_version=version or None, detail=detail)
 
+    salt = load_salt(cfg)
     return Runtime(
         cfg=cfg,
         spool=Spool(cfg.spool.dir),
         audit=audit,
-        rules=LiveRuleset(cfg.rules, cfg.destinations.keys(), on_reload=on_reload),
+        rules=LiveRuleset(
+            cfg.rules, destination_syntaxes(cfg), on_reload=on_reload, salt_available=bool(salt)
+        ),
         deliveries=Deliveries(redis.Redis.from_url(cfg.broker_url)),
         pool=AssociationPool(cfg.ae_title),
+        salt=salt,
     )
 
 
@@ -134,10 +142,13 @@ def route(key: str, meta: dict[str, Any]) -> None:
     if decision.unmatched or not decision.destinations:
         _settle_unrouted(rt, key, decision.unmatched, ruleset.unmatched, common)
         return
+    send_keys = _outputs(rt, key, path, decision, view)
     rt.deliveries.expect(key, decision.destinations)
     for destination, rule_name in decision.destinations.items():
         rt.audit.emit("routed", rule=rule_name, destination=destination, **common)
-        enqueue_forward(key, destination, {**meta, "rule": rule_name})
+        enqueue_forward(
+            key, destination, {**meta, "rule": rule_name, "send_key": send_keys[rule_name]}
+        )
     log.debug(
         "routed",
         spool_key=key,
@@ -145,6 +156,32 @@ def route(key: str, meta: dict[str, Any]) -> None:
         rules=list(decision.matched_rules),
         destinations=list(decision.destinations),
     )
+
+
+def _outputs(
+    rt: Runtime, key: str, path: Path, decision: Decision, view: InstanceView
+) -> dict[str, str]:
+    """Spool key each matched rule's destinations receive: the original, or a changed copy.
+
+    The full dataset is read once and copied per rule, so one rule's actions never
+    reach another rule's output; pixel data is carried over as stored (not decoded).
+    """
+    send_keys: dict[str, str] = {}
+    original = None
+    ctx = ActionContext(view.calling_ae, view.called_ae, view.peer_ip, rt.salt)
+    for rule_name in destinations_by_rule(decision):
+        actions = decision.actions[rule_name]
+        if not actions.changes_dataset:
+            send_keys[rule_name] = key
+            continue
+        if original is None:
+            original = dcmread(path)
+        copy = deepcopy(original)
+        actions.apply(copy, ctx)
+        derived = rt.spool.write_dataset(copy)
+        rt.deliveries.add_derived(key, derived)
+        send_keys[rule_name] = derived
+    return send_keys
 
 
 def _settle_unrouted(
@@ -162,6 +199,13 @@ def _settle_unrouted(
     rt.audit.emit("routed", status=status, **common)
     log.info("routed nowhere", spool_key=key, sop_instance_uid=common["sop_instance_uid"],
              outcome=status)  # fmt: skip
+
+
+def _finish(rt: Runtime, key: str) -> None:
+    """Every destination has the instance: release the original and its changed copies."""
+    for derived in rt.deliveries.take_derived(key):
+        rt.spool.finish(derived, rt.cfg.spool.retention_hours)
+    rt.spool.finish(key, rt.cfg.spool.retention_hours)
 
 
 def _digest(path: Path) -> str:
@@ -187,7 +231,7 @@ def forward(key: str, destination: str, meta: dict[str, Any], attempt: int = 1) 
         "attempt": attempt,
     }
     dest_cfg = rt.cfg.destinations.get(destination)
-    path = rt.spool.path(key)
+    path = rt.spool.path(meta.get("send_key") or key)
     if dest_cfg is None or not path.exists():
         reason = "destination no longer configured" if dest_cfg is None else "spool file missing"
         log.error("forward: cannot deliver", spool_key=key, destination=destination, reason=reason)
@@ -198,7 +242,7 @@ def forward(key: str, destination: str, meta: dict[str, Any], attempt: int = 1) 
         log.info("forward: already delivered, not sending again", spool_key=key,
                  destination=destination, sop_instance_uid=sop_uid)  # fmt: skip
         if rt.deliveries.delivered(key, destination, sop_uid, digest):
-            rt.spool.finish(key, rt.cfg.spool.retention_hours)
+            _finish(rt, key)
         return
     peer = Peer(dest_cfg.ae_title, dest_cfg.host, dest_cfg.port, dest_cfg.timeout)
     started = time.monotonic()
@@ -219,7 +263,7 @@ def forward(key: str, destination: str, meta: dict[str, Any], attempt: int = 1) 
             metrics.end_to_end_seconds.labels(destination).observe(time.time() - received_at)
         rt.audit.emit("forwarded", status=status_text, **audit_fields)
         if rt.deliveries.delivered(key, destination, sop_uid, digest):
-            rt.spool.finish(key, rt.cfg.spool.retention_hours)
+            _finish(rt, key)
         log.debug("forwarded", spool_key=key, destination=destination, sop_instance_uid=sop_uid,
                  status=status_text, attempt=attempt)  # fmt: skip
         return

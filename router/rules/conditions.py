@@ -55,11 +55,27 @@ class Problem:
     message: str
 
 
+@dataclass(frozen=True)
+class Clause:
+    """One subject test, kept so ``rules explain`` can show what it read and decided."""
+
+    subject: str
+    test: str
+    line: int
+    context: str
+    read: Callable[[InstanceView], Values]
+    holds: Callable[[InstanceView], bool]
+
+
 @dataclass
 class CompileErrors:
-    """Collects every problem of a file instead of stopping at the first."""
+    """Collects every problem of a file instead of stopping at the first.
+
+    It also collects the compiled subject clauses in order, for explanations.
+    """
 
     problems: list[Problem] = field(default_factory=list)
+    clauses: list[Clause] = field(default_factory=list)
 
     def add(self, line: int, message: str) -> None:
         self.problems.append(Problem(line, message))
@@ -228,7 +244,9 @@ def _ordering(op: str, operand: Any) -> Callable[[str, Any], bool]:
     return test
 
 
-def _subject_clause(subject: str, spec: Any, line: int, errors: CompileErrors) -> Predicate:
+def _subject_clause(
+    subject: str, spec: Any, line: int, errors: CompileErrors, context: str = ""
+) -> Predicate:
     accessor = compile_subject(subject, line, errors)
     if isinstance(spec, LineDict):
         ops = dict(spec)
@@ -256,6 +274,8 @@ def _subject_clause(subject: str, spec: Any, line: int, errors: CompileErrors) -
         found = accessor(view)
         return all(test(found) for test in tests)
 
+    shown = ", ".join(f"{op} {operand!r}" for op, operand in ops.items())
+    errors.clauses.append(Clause(subject, shown, line, context, accessor, predicate))
     return predicate
 
 
@@ -331,8 +351,11 @@ def _clauses(node: Any, line: int, errors: CompileErrors) -> Iterable[tuple[Any,
     return []
 
 
-def compile_match(node: Any, line: int, errors: CompileErrors) -> Predicate:
-    """Compile a ``match:`` mapping; every key must hold (an implicit ``all``)."""
+def compile_match(node: Any, line: int, errors: CompileErrors, context: str = "") -> Predicate:
+    """Compile a ``match:`` mapping; every key must hold (an implicit ``all``).
+
+    ``context`` names the enclosing combinators (``any > not``) for explanations.
+    """
     if node is None:
         return lambda view: True
     if not isinstance(node, LineDict):
@@ -342,10 +365,13 @@ def compile_match(node: Any, line: int, errors: CompileErrors) -> Predicate:
     for key, value in node.items():
         key_line = node.key_lines.get(key, node_line(node, line))
         if key in COMBINATORS:
-            subs = [compile_match(c, ln, errors) for c, ln in _clauses(value, key_line, errors)]
+            inner = f"{context} > {key}" if context else str(key)
+            subs = [
+                compile_match(c, ln, errors, inner) for c, ln in _clauses(value, key_line, errors)
+            ]
             parts.append(_combine(str(key), subs))
         elif isinstance(key, str):
-            parts.append(_subject_clause(key, value, key_line, errors))
+            parts.append(_subject_clause(key, value, key_line, errors, context))
         else:
             errors.add(key_line, f"condition key {key!r} is neither a subject nor all/any/not")
     return _combine("all", parts)

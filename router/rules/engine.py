@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from router.rules.actions import CompiledActions
 from router.rules.conditions import InstanceView
 from router.rules.loader import Ruleset
 
@@ -20,22 +21,34 @@ class Decision:
     matched_rules: tuple[str, ...]
     destinations: dict[str, str]
     """destination name -> name of the rule that chose it"""
+    actions: dict[str, CompiledActions]
+    """rule name -> its actions, for every matched rule"""
 
     @property
     def unmatched(self) -> bool:
         return not self.matched_rules
 
 
+def destinations_by_rule(decision: Decision) -> dict[str, list[str]]:
+    """Group the chosen destinations by the rule whose output each receives."""
+    groups: dict[str, list[str]] = {}
+    for dest, rule_name in decision.destinations.items():
+        groups.setdefault(rule_name, []).append(dest)
+    return groups
+
+
 def decide(ruleset: Ruleset, view: InstanceView) -> Decision:
     """Evaluate the ruleset against one instance; does no I/O."""
     matched: list[str] = []
     destinations: dict[str, str] = {}
+    actions: dict[str, CompiledActions] = {}
     for rule in ruleset.rules:
         if not rule.predicate(view):
             continue
         matched.append(rule.name)
+        actions[rule.name] = rule.actions
         for dest in rule.forward:
             destinations.setdefault(dest, rule.name)
         if not rule.continue_:
             break
-    return Decision(tuple(matched), destinations)
+    return Decision(tuple(matched), destinations, actions)

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable
 from pathlib import Path
 
 from router import metrics
 from router.logs import get_logger
-from router.rules.loader import Ruleset, RulesetError, load_ruleset, rule_files
+from router.rules.loader import Destinations, Ruleset, RulesetError, load_ruleset, rule_files
 from router.rules.yamlsource import SourceError
 
 log = get_logger(__name__)
@@ -48,12 +48,14 @@ class LiveRuleset:
     def __init__(
         self,
         path: Path,
-        destinations: Collection[str],
+        destinations: Destinations,
         on_reload: OnReload | None = None,
         interval_s: float = CHECK_INTERVAL_S,
+        salt_available: bool | None = None,
     ) -> None:
         self.path = path
-        self.destinations = tuple(destinations)
+        self.destinations = destinations
+        self.salt_available = salt_available
         self.interval_s = interval_s
         self.on_reload = on_reload
         self._ruleset: Ruleset | None = None
@@ -79,7 +81,7 @@ class LiveRuleset:
             return
         self._signature = signature
         try:
-            ruleset = load_ruleset(self.path, self.destinations)
+            ruleset = load_ruleset(self.path, self.destinations, self.salt_available)
         except RulesetError as exc:
             self._last_problems = exc.problems
             metrics.rules_reload.labels("refused").inc()

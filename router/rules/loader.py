@@ -9,14 +9,15 @@ order written; ``*_test.yaml`` files are rule tests, not rules.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from router.rules.conditions import CompileErrors, Predicate, compile_match
+from router.rules.actions import CompiledActions, compile_actions
+from router.rules.conditions import Clause, CompileErrors, Predicate, compile_match
 from router.rules.yamlsource import LineDict, SourceError, line_of, load_yaml
 
 TEST_SUFFIX = "_test.yaml"
@@ -49,11 +50,12 @@ class CompiledRule:
     predicate: Predicate
     forward: tuple[str, ...]
     continue_: bool
-    actions: tuple[Any, ...]
+    actions: CompiledActions
     file: str
     line: int
     catch_all: bool
     enabled: bool = True
+    clauses: tuple[Clause, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -110,12 +112,16 @@ def _compile_rule(
     predicate = compile_match(model.match, match_line, errors)
     for problem in errors.problems:
         problems.append(SourceError(file, problem.line, f"rule {model.name!r}: {problem.message}"))
-    if model.actions:
+    action_errors = CompileErrors()
+    actions = compile_actions(raw.get("actions"), raw.key_lines.get("actions", line), action_errors)
+    for problem in action_errors.problems:
+        problems.append(SourceError(file, problem.line, f"rule {model.name!r}: {problem.message}"))
+    if actions.transfer_syntax is not None:
         problems.append(
             SourceError(
                 file,
                 raw.key_lines.get("actions", line),
-                f"rule {model.name!r}: actions are not supported in this release",
+                f"rule {model.name!r}: transcode: conversion is not available in this release",
             )
         )
     return CompiledRule(
@@ -123,18 +129,24 @@ def _compile_rule(
         predicate=predicate,
         forward=tuple(model.forward),
         continue_=model.continue_,
-        actions=tuple(model.actions),
+        actions=actions,
         file=file,
         line=line,
         catch_all=not model.match and model.enabled,
         enabled=model.enabled,
+        clauses=tuple(errors.clauses),
     )
+
+
+Destinations = Collection[str] | Mapping[str, Collection[str]]
+"""Destination names, or names mapped to the transfer syntax UIDs each accepts."""
 
 
 def _check_semantics(
     rules: list[tuple[CompiledRule, bool]],
-    destinations: Collection[str] | None,
+    destinations: Destinations | None,
     problems: list[SourceError],
+    salt_available: bool | None,
 ) -> None:
     seen: dict[str, CompiledRule] = {}
     stopper: CompiledRule | None = None
@@ -159,6 +171,27 @@ def _check_semantics(
                             f"rule {rule.name!r}: unknown destination {dest!r}",
                         )
                     )
+                    continue
+                accepted = destinations[dest] if isinstance(destinations, Mapping) else ()
+                syntax = rule.actions.transfer_syntax
+                if syntax is not None and accepted and syntax not in accepted:
+                    problems.append(
+                        SourceError(
+                            rule.file,
+                            rule.line,
+                            f"rule {rule.name!r}: transcodes to {syntax}, which destination "
+                            f"{dest!r} does not accept",
+                        )
+                    )
+        if salt_available is False and rule.actions.needs_salt:
+            problems.append(
+                SourceError(
+                    rule.file,
+                    rule.line,
+                    f"rule {rule.name!r}: hash, uid_remap and deidentify need a secret salt; "
+                    "set salt_file or ROUTER_SALT",
+                )
+            )
         if not enabled:
             continue
         if stopper is not None:
@@ -174,11 +207,15 @@ def _check_semantics(
             stopper = rule
 
 
-def load_ruleset(path: Path, destinations: Collection[str] | None = None) -> Ruleset:
+def load_ruleset(
+    path: Path, destinations: Destinations | None = None, salt_available: bool | None = None
+) -> Ruleset:
     """Read and compile every rule file at ``path``; raise :class:`RulesetError` if any is bad.
 
-    ``destinations`` (the names in the router config) lets unknown destinations
-    be caught here rather than at delivery time.
+    ``destinations`` (the names in the router config, optionally with the transfer
+    syntaxes each accepts) lets unknown destinations and impossible conversions be
+    caught here rather than at delivery time; ``salt_available=False`` refuses keyed
+    actions that would have no secret.
     """
     problems: list[SourceError] = []
     files = rule_files(path)
@@ -219,7 +256,7 @@ def load_ruleset(path: Path, destinations: Collection[str] | None = None) -> Rul
             rule = _compile_rule(raw, line, str(file), problems)
             if rule is not None:
                 compiled.append((rule, rule.enabled))
-    _check_semantics(compiled, destinations, problems)
+    _check_semantics(compiled, destinations, problems, salt_available)
     if problems:
         raise RulesetError(problems)
     if not any_file:

@@ -90,7 +90,7 @@ def test_unmatched(tmp_path: Path) -> None:
         tmp_path, "rules:\n  - {name: ct, match: {Modality: CT}, forward: [pacs]}\n"
     )
     decision = decide(ruleset, instance("MR"))
-    assert decision == Decision((), {})
+    assert decision == Decision((), {}, {})
     assert decision.unmatched is True
     assert decide(ruleset, instance("CT")).unmatched is False
 

@@ -238,13 +238,16 @@ def test_duplicate_rule_name_across_files(tmp_path: Path) -> None:
     assert f"first at {first}:2" in problem
 
 
-def test_actions_refused_in_this_release(tmp_path: Path) -> None:
+def test_action_that_cannot_apply_is_located(tmp_path: Path) -> None:
     path = write(
         tmp_path,
         "r.yaml",
-        "rules:\n  - name: a\n    forward: [pacs]\n    actions:\n      - set: {StationName: X}\n",
+        "rules:\n  - name: a\n    forward: [pacs]\n    actions:\n"
+        "      - set: {StationName: X}\n      - set: {ReferencedStudySequence: X}\n",
     )
-    assert only_problem(path) == (f"{path}:4: rule 'a': actions are not supported in this release")
+    assert only_problem(path) == (
+        f"{path}:6: rule 'a': set: ReferencedStudySequence is a sequence; set applies to values only"
+    )
 
 
 def test_empty_actions_list_is_fine(tmp_path: Path) -> None:
