@@ -18,7 +18,7 @@ from tests.support.capture_scp import CaptureSCP
 from tests.support.compare import dataset_differences
 from tests.support.dcmtk import storescu
 from tests.support.orthanc import Orthanc
-from tests.support.router_proc import RedisServer, RouterProcess, start_router, write_config
+from tests.support.router_proc import RedisServer, start_router, write_config
 from tests.support.synthetic import write_ct_series
 from tests.support.waiting import wait_until
 

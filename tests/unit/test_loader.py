@@ -246,7 +246,8 @@ def test_action_that_cannot_apply_is_located(tmp_path: Path) -> None:
         "      - set: {StationName: X}\n      - set: {ReferencedStudySequence: X}\n",
     )
     assert only_problem(path) == (
-        f"{path}:6: rule 'a': set: ReferencedStudySequence is a sequence; set applies to values only"
+        f"{path}:6: rule 'a': set: ReferencedStudySequence is a sequence; "
+        "set applies to values only"
     )
 
 
