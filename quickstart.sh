@@ -4,6 +4,10 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 source .ci/bootstrap.sh runtime
+if [ ! -s var/salt ]; then
+  say "creating a random secret salt in var/salt"
+  mkdir -p var && (umask 077 && head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > var/salt)
+fi
 if [ ! -f router.yaml ]; then
   say "writing router.yaml from router.example.yaml"
   sed 's/min_free_mb: 1024/min_free_mb: 256/' router.example.yaml > router.yaml

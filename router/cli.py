@@ -113,7 +113,9 @@ def cmd_echo(args: argparse.Namespace) -> int:
     return EXIT_OK if ok else EXIT_PROBLEMS
 
 
-def _ruleset_for(args: argparse.Namespace, path: str | None) -> tuple[Any, bytes] | int:
+def _ruleset_for(
+    args: argparse.Namespace, path: str | None, check_salt: bool = True
+) -> tuple[Any, bytes] | int:
     """Load the rules named on the command line or in the config; print problems.
 
     Returns (ruleset, salt), or an exit code when config or rules are invalid. Without
@@ -135,7 +137,8 @@ def _ruleset_for(args: argparse.Namespace, path: str | None) -> tuple[Any, bytes
             return EXIT_PROBLEMS
     assert rules_path is not None
     try:
-        ruleset = load_ruleset(rules_path, destinations, None if salt is None else bool(salt))
+        salt_available = bool(salt) if salt is not None and check_salt else None
+        ruleset = load_ruleset(rules_path, destinations, salt_available)
     except RulesetError as exc:
         for problem in exc.problems:
             print(problem)
@@ -157,7 +160,7 @@ def cmd_rules_lint(args: argparse.Namespace) -> int:
 def cmd_rules_test(args: argparse.Namespace) -> int:
     from router.rules.ruletests import run_tests, test_files
 
-    loaded = _ruleset_for(args, args.path)
+    loaded = _ruleset_for(args, args.path, check_salt=False)  # tests use a test salt
     if isinstance(loaded, int):
         return loaded
     ruleset, salt = loaded
@@ -176,13 +179,20 @@ def cmd_rules_test(args: argparse.Namespace) -> int:
     return EXIT_PROBLEMS if failed or not files else EXIT_OK
 
 
+def cmd_rules_reference(args: argparse.Namespace) -> int:
+    from router.rules.reference import render
+
+    sys.stdout.write(render())
+    return EXIT_OK
+
+
 def cmd_rules_explain(args: argparse.Namespace) -> int:
     from pydicom import dcmread
 
     from router.rules import InstanceView
     from router.rules.ruletests import explain
 
-    loaded = _ruleset_for(args, args.rules)
+    loaded = _ruleset_for(args, args.rules, check_salt=False)
     if isinstance(loaded, int):
         return loaded
     ruleset, salt = loaded
@@ -239,6 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
     lint = rules_sub.add_parser("lint", help="validate rule files and the config")
     lint.add_argument("path", nargs="?")
     lint.set_defaults(func=cmd_rules_lint)
+    reference = rules_sub.add_parser("reference", help="print the rule file reference")
+    reference.set_defaults(func=cmd_rules_reference)
     test = rules_sub.add_parser("test", help="run the *_test.yaml rule tests")
     test.add_argument("path", nargs="?")
     test.set_defaults(func=cmd_rules_test)

@@ -9,6 +9,7 @@ another rule's output.
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 import string
 from collections.abc import Callable
@@ -20,7 +21,7 @@ from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.tag import BaseTag
-from pydicom.uid import UID_dictionary  # type: ignore[attr-defined]
+from pydicom.uid import UID, UID_dictionary  # type: ignore[attr-defined]
 
 from router.rules.conditions import ASSOCIATION_SUBJECTS, CompileErrors, resolve_element
 from router.rules.keyed import hash_text, remap_uid
@@ -105,6 +106,20 @@ def _target(text: Any, line: int, errors: CompileErrors, verb: str) -> _Target |
     return _Target(tag, vr, keyword_for_tag(tag) or str(text))
 
 
+def _text_target(text: Any, line: int, errors: CompileErrors, verb: str) -> _Target | None:
+    """A target whose values are text (UIDs excepted: ``uid_remap`` is for those)."""
+    target = _target(text, line, errors, verb)
+    if target is None:
+        return None
+    if target.vr == "UI":
+        errors.add(line, f"{verb}: {target.name} is a UID; use uid_remap for UIDs")
+        return None
+    if target.vr not in _TEXT_VRS and not target.tag.is_private:
+        errors.add(line, f"{verb}: {target.name} has VR {target.vr}; only text values apply")
+        return None
+    return target
+
+
 def _values(elem: DataElement) -> list[Any]:
     value = elem.value
     if value is None or value == "":
@@ -123,40 +138,58 @@ def _store(ds: Dataset, target: _Target, values: list[str]) -> None:
 
 
 # --- set ----------------------------------------------------------------------------
+Piece = tuple[str, str | None, BaseTag | None]
+"""(literal text, field name or None, tag of the field or None for association fields)"""
+
+
 def _compile_template(text: str, line: int, errors: CompileErrors) -> Callable[..., str] | None:
-    fields: list[tuple[str, BaseTag | None]] = []
+    """Compile ``"{PatientID}-{calling_ae}"``; values are inserted once, never re-read as
+    placeholders, so a value that looks like ``{calling_ae}`` stays as it is."""
+    pieces: list[Piece] = []
     try:
         parsed = list(string.Formatter().parse(text))
     except ValueError as exc:
         errors.add(line, f"set: invalid template {text!r}: {exc}")
         return None
-    for _literal, name, _spec, _conv in parsed:
+    for literal, name, spec, conversion in parsed:
         if name is None:
+            pieces.append((literal, None, None))
             continue
+        if spec or conversion:
+            errors.add(line, f"set: {{{name}}} takes no format in template {text!r}")
+            return None
         if name in ASSOCIATION_SUBJECTS:
-            fields.append((name, None))
+            pieces.append((literal, name, None))
             continue
         tag = resolve_element(name)
         if tag is None:
             errors.add(line, f"set: unknown keyword {name!r} in template {text!r}")
             return None
-        fields.append((name, tag))
-    literal_text = text.replace("{{", "\0").replace("}}", "\1")
+        pieces.append((literal, name, tag))
 
     def render(ds: Dataset, ctx: ActionContext) -> str:
-        values: dict[str, str] = {}
-        for name, tag in fields:
+        out: list[str] = []
+        for literal, name, tag in pieces:
+            out.append(literal)
+            if name is None:
+                continue
             if tag is None:
-                values[name] = str(getattr(ctx, name))
+                out.append(str(getattr(ctx, name)))
             else:
                 elem = ds.get(tag)
-                values[name] = "\\".join(str(v) for v in _values(elem)) if elem is not None else ""
-        out = literal_text
-        for name, value in values.items():
-            out = out.replace("{" + name + "}", value)
-        return out.replace("\0", "{").replace("\1", "}")
+                out.append("\\".join(str(v) for v in _values(elem)) if elem is not None else "")
+        return "".join(out)
 
     return render
+
+
+def _yaml_scalar_text(value: Any, vr: str) -> str:
+    """A YAML scalar as DICOM text: unquoted YAML dates become DA/DT values."""
+    if isinstance(value, dt.datetime):
+        return value.strftime("%Y%m%d%H%M%S") if vr == "DT" else value.strftime("%Y%m%d")
+    if isinstance(value, dt.date):
+        return value.strftime("%Y%m%d")
+    return "" if value is None else str(value)
 
 
 def _compile_set(spec: Any, line: int, errors: CompileErrors) -> list[Apply]:
@@ -172,7 +205,7 @@ def _compile_set(spec: Any, line: int, errors: CompileErrors) -> list[Apply]:
         if target.vr not in _TEXT_VRS and not target.tag.is_private:
             errors.add(key_line, f"set: {key} has VR {target.vr}; only text values can be set")
             continue
-        render = _compile_template(str(raw) if raw is not None else "", key_line, errors)
+        render = _compile_template(_yaml_scalar_text(raw, target.vr), key_line, errors)
         if render is None:
             continue
 
@@ -220,7 +253,7 @@ def _compile_rewrite(spec: Any, line: int, errors: CompileErrors) -> list[Apply]
     if not isinstance(spec, LineDict) or set(spec) != {"tag", "pattern", "replace"}:
         errors.add(line, "rewrite: expected {tag: ..., pattern: ..., replace: ...}")
         return []
-    target = _target(spec["tag"], line, errors, "rewrite")
+    target = _text_target(spec["tag"], line, errors, "rewrite")
     try:
         pattern = re.compile(str(spec["pattern"]))
     except re.error as exc:
@@ -248,7 +281,7 @@ def _compile_copy(spec: Any, line: int, errors: CompileErrors) -> list[Apply]:
         errors.add(line, "copy: expected {from: ..., to: ...}")
         return []
     source = _target(spec["from"], line, errors, "copy")
-    target = _target(spec["to"], line, errors, "copy")
+    target = _text_target(spec["to"], line, errors, "copy")
     if source is None or target is None:
         return []
 
@@ -271,7 +304,7 @@ def _compile_hash(spec: Any, line: int, errors: CompileErrors) -> list[Apply]:
             errors.add(line, "hash: length must be a whole number from 8 to 64")
             return []
     items = items if isinstance(items, list) else [items]
-    targets = [t for t in (_target(i, line, errors, "hash") for i in items) if t is not None]
+    targets = [t for t in (_text_target(i, line, errors, "hash") for i in items) if t is not None]
 
     def apply(ds: Dataset, ctx: ActionContext) -> None:
         for t in targets:
@@ -338,11 +371,15 @@ def _compile_deidentify(spec: Any, line: int, errors: CompileErrors) -> list[App
     if profile != "basic":
         errors.add(line, f"deidentify: unknown profile {profile!r}; known: basic")
         return []
-    if not isinstance(options, list) or any(o not in deid.OPTIONS for o in options):
-        known = ", ".join(sorted(deid.OPTIONS))
-        errors.add(line, f"deidentify: unknown option in {options!r}; known: {known}")
+    if not isinstance(options, list):
+        errors.add(line, "deidentify: options must be a list")
         return []
     chosen = frozenset(str(o) for o in options)
+    try:
+        deid.validate_options(chosen)
+    except ValueError as exc:
+        errors.add(line, f"deidentify: {exc}; known options: {', '.join(sorted(deid.OPTIONS))}")
+        return []
     return [lambda ds, ctx: deid.deidentify(ds, chosen, ctx.salt)]
 
 
@@ -350,7 +387,9 @@ def transfer_syntax_uid(name: str) -> str | None:
     """The UID for a syntax name (or a UID given directly), None if unknown."""
     if name in TRANSFER_SYNTAX_NAMES:
         return TRANSFER_SYNTAX_NAMES[name]
-    return name if _UID.match(name) and name in UID_dictionary else None
+    if _UID.match(name) and UID(name).is_transfer_syntax:
+        return name
+    return None
 
 
 _COMPILERS: dict[str, Callable[[Any, int, CompileErrors], list[Apply]]] = {

@@ -45,6 +45,9 @@ class InstanceView:
     calling_ae: str = ""
     called_ae: str = ""
     peer_ip: str = ""
+    reads: dict[str, Values] = field(default_factory=dict, compare=False, repr=False)
+    """Values already read for this instance, by subject: many rules read the same
+    elements, and evaluating a ruleset must stay well under a millisecond."""
 
 
 @dataclass
@@ -120,7 +123,24 @@ def _element_values(ds: Dataset, tag: BaseTag) -> Values:
 
 
 def compile_subject(subject: str, line: int, errors: CompileErrors) -> Accessor:
-    """An accessor for a keyword, a tag, a sequence path or an association attribute."""
+    """An accessor for a keyword, a tag, a sequence path or an association attribute.
+
+    Reads are remembered on the view, so each subject is read once per instance.
+    """
+    read = _compile_reader(subject, line, errors)
+
+    def remembered(view: InstanceView) -> Values:
+        reads = view.reads
+        if subject in reads:
+            return reads[subject]
+        found = read(view)
+        reads[subject] = found
+        return found
+
+    return remembered
+
+
+def _compile_reader(subject: str, line: int, errors: CompileErrors) -> Accessor:
     if subject in ASSOCIATION_SUBJECTS:
 
         def read_assoc(view: InstanceView) -> Values:
@@ -312,8 +332,12 @@ def _value_test(
         if not isinstance(operand, list):
             errors.add(line, f"'{op}' needs a list of values")
             return None
-        tests = [_equal(item) for item in operand]
-        holder["t"] = lambda vr, v: any(t(vr, v) for t in tests)
+        if all(isinstance(item, str) for item in operand):
+            texts = frozenset(_text(item) for item in operand)
+            holder["t"] = lambda vr, v: _text(v) in texts
+        else:
+            tests = [_equal(item) for item in operand]
+            holder["t"] = lambda vr, v: any(t(vr, v) for t in tests)
     elif op == "regex":
         try:
             pattern = re.compile(str(operand))
@@ -381,6 +405,9 @@ def _combine(kind: str, parts: Sequence[Predicate]) -> Predicate:
     if kind == "all":
         if len(parts) == 1:
             return parts[0]
+        if len(parts) == 2:
+            first, second = parts
+            return lambda view: first(view) and second(view)
         return lambda view: all(p(view) for p in parts)
     if kind == "any":
         if len(parts) == 1:

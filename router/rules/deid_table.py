@@ -1,11 +1,12 @@
 """The attribute table of the DICOM Basic Application Level Confidentiality Profile.
 
 Source: PS3.15 Table E.1-1, DICOM as published in the copy of the standard in the
-public repository ``chsasank/dicom_standard`` (``source/part15/chapter_E.rst``), edition
-not stated there. Each row below was transcribed from that table: the tag, whether the
-attribute is retired, whether it is used in a standard composite IOD, the action of
-the Basic Profile and the action of each Option column (``None`` where the standard
-leaves the cell blank). Keywords and names are the PS3.6 ones for the tag.
+public repository ``chsasank/dicom_standard`` (``source/part15/chapter_E.rst`` at commit
+2c591286f447), edition not stated there (that copy carries no version marker). Each row
+below was transcribed from that table: the tag, whether the attribute is retired,
+whether it is used in a standard composite IOD, the action of the Basic Profile and the
+action of each Option column (``None`` where the standard leaves the cell blank).
+Keywords and names are the PS3.6 ones for the tag.
 
 Action codes (PS3.15 E.1.1): X remove; Z zero-length (or dummy) value; D non-zero
 dummy value consistent with the VR; K keep (sequences: keep and apply the profile to

@@ -100,6 +100,8 @@ def outputs(
 
 
 def _text(value: Any) -> str:
+    if value is None:
+        return ""
     if isinstance(value, list):
         return "\\".join(str(v) for v in value)
     return str(value)
@@ -107,6 +109,9 @@ def _text(value: Any) -> str:
 
 def _check_case(case: Any, base: Path, ruleset: Ruleset, salt: bytes, res: CaseResult) -> None:
     spec = case.get("input") or {}
+    expect = case.get("expect") or {}
+    if not isinstance(spec, dict) or not isinstance(expect, dict):
+        raise ValueError("input and expect must be mappings")
     dataset: Dataset
     if "file" in spec:
         dataset = dcmread(base / str(spec["file"]))
@@ -116,7 +121,6 @@ def _check_case(case: Any, base: Path, ruleset: Ruleset, salt: bytes, res: CaseR
     view = InstanceView(dataset, calling, str(case.get("called_ae", "ROUTER")),
                         str(case.get("peer_ip", "127.0.0.1")))  # fmt: skip
     decision = decide(ruleset, view)
-    expect = case.get("expect") or {}
     got = outputs(decision, dataset, ActionContext(view.calling_ae, view.called_ae,
                                                    view.peer_ip, salt))  # fmt: skip
     if "destinations" in expect:
@@ -144,7 +148,9 @@ def _check_case(case: Any, base: Path, ruleset: Ruleset, salt: bytes, res: CaseR
         from router.rules.actions import transfer_syntax_uid
 
         wanted_uid = transfer_syntax_uid(str(syntax)) or str(syntax)
-        if dest in got and got[dest][1] != wanted_uid:
+        if dest not in got:
+            res.failures.append(f"transfer_syntax: {dest} receives nothing")
+        elif got[dest][1] != wanted_uid:
             res.failures.append(f"{dest}: transfer syntax expected {syntax}, got {got[dest][1]}")
 
 

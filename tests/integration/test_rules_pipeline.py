@@ -168,3 +168,41 @@ def test_reload_during_a_stream_loses_nothing_and_uses_one_version_per_instance(
         assert {e["ruleset_version"] for e in third_routed} == {v2}
     finally:
         router.stop()
+
+
+DEID_RULES = """
+rules:
+  - name: research
+    actions: [{deidentify: basic}]
+    forward: [capture]
+"""
+
+
+def test_deidentified_copies_and_debug_logs_carry_no_patient_identity(
+    tmp_path: Path, redis_server: RedisServer, capture: CaptureSCP
+) -> None:
+    name, patient_id = "QZXWVK^JOHANNA", "PID-918273645"
+    path, config = write_config(
+        tmp_path / "router", redis_server.url, destinations(capture), DEID_RULES,
+        salt="integration-test-salt",
+    )  # fmt: skip
+    router = start_router(path, config, log_level="DEBUG")
+    try:
+        files = write_ct_series(tmp_path / "ct", 10, rows=64, cols=64, patient_name=name,
+                                patient_id=patient_id, study_description="QZXWVK HEAD")  # fmt: skip
+        assert storescu(files, router.port, calling_ae="CT01").returncode == 0
+        capture.wait_for_count(10, timeout=60)
+        router.wait_for_audit("forwarded", 10)
+        for received in capture.received():
+            data = received.read_bytes()
+            for secret in (name, patient_id, "QZXWVK"):
+                assert secret.encode() not in data
+            ds = dcmread(received)
+            assert ds.PatientIdentityRemoved == "YES"
+            assert ds.DeidentificationMethodCodeSequence[0].CodeValue == "113100"
+        log = router.log_text()
+        assert '"level": "debug"' in log, "the router must have logged at DEBUG"
+        for secret in (name, patient_id, "QZXWVK", "JOHANNA"):
+            assert secret not in log
+    finally:
+        router.stop()

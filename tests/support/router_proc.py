@@ -147,14 +147,18 @@ def write_config(
 
 
 def start_router(
-    config_path: Path, config: dict[str, Any], workers: int = 2, timeout: float = 30
+    config_path: Path,
+    config: dict[str, Any],
+    workers: int = 2,
+    timeout: float = 30,
+    log_level: str = "INFO",
 ) -> RouterProcess:
     """Start ``dicom-router serve`` and wait until its port and /readyz answer."""
     workdir = config_path.parent
     log_path = workdir / "router.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("ROUTER_")}
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    env["ROUTER_LOG_LEVEL"] = env.get("TEST_ROUTER_LOG_LEVEL", "INFO")
+    env["ROUTER_LOG_LEVEL"] = log_level
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "router.cli", "--config", str(config_path), "serve",
