@@ -223,6 +223,63 @@ def cmd_status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_deadletter(args: argparse.Namespace) -> int:
+    import time
+
+    import redis
+
+    from router import redelivery
+    from router.deadletters import DeadLetters
+    from router.deliveries import Deliveries
+    from router.queue import configure
+    from router.spool import Spool
+
+    cfg = _load(args)
+    configure(cfg)
+    client = redis.Redis.from_url(cfg.broker_url, socket_connect_timeout=3)
+    store = DeadLetters(client)
+    try:
+        if args.action == "list":
+            letters = store.list()
+            for letter in letters:
+                when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(letter.dead_at))
+                status = f"{letter.reason}: {letter.last_status}"
+                print(
+                    f"{letter.id}  {when}  {letter.destination:16}  "
+                    f"attempts={letter.attempts}  {status}  {letter.sop_instance_uid}"
+                )
+            print(f"{len(letters)} dead letters")
+            return EXIT_OK
+        if args.action == "show":
+            for letter_id in args.ids:
+                found = store.get(letter_id)
+                if found is None:
+                    print(f"no dead letter {letter_id}", file=sys.stderr)
+                    return EXIT_PROBLEMS
+                for name, value in vars(found).items():
+                    print(f"{name}: {value}")
+            return EXIT_OK
+        if not args.ids and not args.all:
+            print(f"deadletter {args.action}: name IDs or --all", file=sys.stderr)
+            return EXIT_USAGE
+        taken = redelivery.take_all(store, args.ids, args.all)
+        deliveries = Deliveries(client)
+        for letter in taken:
+            if args.action == "retry":
+                redelivery.retry(letter, deliveries)
+                print(f"retrying {letter.id} -> {letter.destination}")
+            else:
+                released = redelivery.purge(letter, deliveries, Spool(cfg.spool.dir), cfg)
+                print(f"purged {letter.id}" + (" (spool file released)" if released else ""))
+        missing = set(args.ids) - {letter.id for letter in taken}
+        for letter_id in sorted(missing):
+            print(f"no dead letter {letter_id}", file=sys.stderr)
+        return EXIT_PROBLEMS if missing else EXIT_OK
+    except redis.RedisError as exc:
+        print(f"dicom-router deadletter: broker unreachable: {exc}", file=sys.stderr)
+        return EXIT_PROBLEMS
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dicom-router", description=__doc__.splitlines()[0])
     parser.add_argument("--config", help="config file (default $ROUTER_CONFIG or ./router.yaml)")
@@ -260,6 +317,12 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--peer-ip", default="")
     explain.add_argument("--rules", help="rule file or folder (default: the config's)")
     explain.set_defaults(func=cmd_rules_explain)
+
+    deadletter = sub.add_parser("deadletter", help="list, show, retry or purge dead letters")
+    deadletter.add_argument("action", choices=["list", "show", "retry", "purge"])
+    deadletter.add_argument("ids", nargs="*", metavar="ID")
+    deadletter.add_argument("--all", action="store_true", help="retry or purge every one")
+    deadletter.set_defaults(func=cmd_deadletter)
 
     status = sub.add_parser("status", help="queue depths and pending deliveries")
     status.set_defaults(func=cmd_status)

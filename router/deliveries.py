@@ -67,9 +67,23 @@ class Deliveries:
         results = pipe.execute()
         return int(results[2]) == 0
 
-    def failed(self, spool_key: str, destination: str, reason: str) -> None:
-        """Mark a destination as given up on; the spool file stays."""
-        self.redis.hset(pending_key(spool_key), destination, f"failed: {reason}")
+    def fail_over(self, spool_key: str, destination: str, alternate: str) -> None:
+        """The alternate now owes this instance instead of the exhausted destination."""
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hdel(pending_key(spool_key), destination)
+        pipe.hset(pending_key(spool_key), alternate, f"alternate-of:{destination}")
+        pipe.execute()
+
+    def requeued(self, spool_key: str, destination: str) -> None:
+        """A dead letter goes back on the normal path."""
+        self.redis.hset(pending_key(spool_key), destination, "queued")
+
+    def drop(self, spool_key: str, destination: str) -> bool:
+        """Forget a destination (purged dead letter); True if nothing else is pending."""
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hdel(pending_key(spool_key), destination)
+        pipe.hlen(pending_key(spool_key))
+        return int(pipe.execute()[1]) == 0
 
     def pending(self, spool_key: str) -> dict[str, str]:
         raw: dict[bytes, bytes] = self.redis.hgetall(pending_key(spool_key))  # type: ignore[assignment]

@@ -9,22 +9,77 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
+import redis
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
+
+from router.deadletters import DeadLetters
+from router.metrics import PREFIX
 
 ReadinessCheck = Callable[[], list[str]]
 """Returns the reasons the router is not ready; empty when it is."""
+
+
+class BrokerCollector:
+    """Gauges read from Redis at scrape time: queue depths and dead letters.
+
+    They describe shared state, not one process, so they are read where they live
+    instead of being kept by any process.
+    """
+
+    def __init__(self, client: redis.Redis, queues: tuple[str, ...]) -> None:
+        self.client = client
+        self.queues = queues
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        try:
+            depths = {queue: int(self.client.llen(queue)) for queue in self.queues}
+            dead = DeadLetters(self.client).counts()
+        except redis.RedisError:
+            return
+        depth = GaugeMetricFamily(
+            PREFIX + "queue_depth", "Tasks waiting in each queue.", labels=["queue"]
+        )
+        for queue, value in depths.items():
+            depth.add_metric([queue], value)
+        yield depth
+        letters = GaugeMetricFamily(
+            PREFIX + "dead_letters", "Deliveries given up on, by destination.",
+            labels=["destination"],
+        )  # fmt: skip
+        for destination, value in dead.items():
+            letters.add_metric([destination], max(0, value))
+        yield letters
+
+
+_extra_collectors: list[BrokerCollector] = []
 
 
 def _registry() -> CollectorRegistry:
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
         MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-        return registry
-    return REGISTRY
+    else:
+        registry = CollectorRegistry()
+        registry.register(_Delegate(REGISTRY))
+    for collector in _extra_collectors:
+        registry.register(collector)
+    return registry
+
+
+class _Delegate:
+    """Exposes the process-local default registry inside a per-scrape registry."""
+
+    def __init__(self, source: CollectorRegistry) -> None:
+        self.source = source
+
+    def collect(self) -> Iterator[Any]:
+        return iter(self.source.collect())
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -56,8 +111,12 @@ class _Handler(BaseHTTPRequestHandler):
         return None
 
 
-def start_exporter(host: str, port: int, readiness: ReadinessCheck) -> ThreadingHTTPServer:
+def start_exporter(
+    host: str, port: int, readiness: ReadinessCheck, broker: BrokerCollector | None = None
+) -> ThreadingHTTPServer:
     """Serve the metrics port in a daemon thread; returns the server (for its port)."""
+    if broker is not None:
+        _extra_collectors.append(broker)
     handler = type("MetricsHandler", (_Handler,), {"readiness": staticmethod(readiness)})
     server = ThreadingHTTPServer((host, port), handler)
     server.daemon_threads = True

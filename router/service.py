@@ -21,10 +21,10 @@ from types import FrameType
 import redis
 
 from router.audit import AuditLog
-from router.config import RouterConfig
-from router.exporter import start_exporter
+from router.config import RouterConfig, destination_syntaxes, load_salt
+from router.exporter import BrokerCollector, start_exporter
 from router.logs import get_logger
-from router.queue import configure
+from router.queue import FORWARD_QUEUE, ROUTE_QUEUE, configure
 from router.rules.live import LiveRuleset
 from router.scp import StorageSCP
 from router.spool import Spool
@@ -96,7 +96,7 @@ def serve(cfg: RouterConfig, config_path: Path, workers: int) -> int:
     spool = Spool(cfg.spool.dir)
     spool.ensure()
     audit = AuditLog(cfg.audit.file)
-    rules = LiveRuleset(cfg.rules, cfg.destinations.keys())
+    rules = LiveRuleset(cfg.rules, destination_syntaxes(cfg), salt_available=bool(load_salt(cfg)))
     try:
         rules.current()
     except Exception as exc:
@@ -112,8 +112,12 @@ def serve(cfg: RouterConfig, config_path: Path, workers: int) -> int:
 
     scp = StorageSCP(cfg, spool, audit)
     scp.start()
+    broker = BrokerCollector(
+        redis.Redis.from_url(cfg.broker_url, socket_connect_timeout=1, socket_timeout=2),
+        (ROUTE_QUEUE, FORWARD_QUEUE),
+    )
     exporter = start_exporter(
-        cfg.metrics.host, cfg.metrics.port, lambda: readiness_check(cfg, spool, rules)
+        cfg.metrics.host, cfg.metrics.port, lambda: readiness_check(cfg, spool, rules), broker
     )
     worker = WorkerProcess(config_path, workers) if workers > 0 else None
     if worker is not None:

@@ -24,6 +24,7 @@ from pydicom.errors import InvalidDicomError
 from router import metrics
 from router.audit import AuditLog
 from router.config import RouterConfig, destination_syntaxes, load_config, load_salt
+from router.deadletters import DeadLetters
 from router.deliveries import Deliveries
 from router.logs import get_logger
 from router.queue import FORWARD_TASK, ROUTE_TASK, app, enqueue_forward
@@ -51,6 +52,7 @@ class Runtime:
     deliveries: Deliveries
     pool: AssociationPool
     salt: bytes
+    deadletters: DeadLetters
 
 
 _runtime: Runtime | None = None
@@ -82,6 +84,7 @@ def build_runtime(cfg: RouterConfig) -> Runtime:
         audit.emit("rules_reloaded", status=outcome, ruleset_version=version or None, detail=detail)
 
     salt = load_salt(cfg)
+    client = redis.Redis.from_url(cfg.broker_url)
     return Runtime(
         cfg=cfg,
         spool=Spool(cfg.spool.dir),
@@ -89,9 +92,10 @@ def build_runtime(cfg: RouterConfig) -> Runtime:
         rules=LiveRuleset(
             cfg.rules, destination_syntaxes(cfg), on_reload=on_reload, salt_available=bool(salt)
         ),
-        deliveries=Deliveries(redis.Redis.from_url(cfg.broker_url)),
+        deliveries=Deliveries(client),
         pool=AssociationPool(cfg.ae_title),
         salt=salt,
+        deadletters=DeadLetters(client),
     )
 
 
@@ -276,6 +280,34 @@ def forward(key: str, destination: str, meta: dict[str, Any], attempt: int = 1) 
                     retry_in_s=round(delay, 2))  # fmt: skip
         enqueue_forward(key, destination, meta, attempt=attempt + 1, countdown=delay)
         return
-    rt.deliveries.failed(key, destination, status_text)
-    log.error("forward failed; giving up", spool_key=key, destination=destination,
-              sop_instance_uid=sop_uid, status=status_text, attempt=attempt)  # fmt: skip
+    reason = "permanent failure" if outcome == Outcome.FAILED else "retries exhausted"
+    _give_up(rt, key, destination, meta, reason, status_text, attempt, audit_fields)
+
+
+def _give_up(
+    rt: Runtime,
+    key: str,
+    destination: str,
+    meta: dict[str, Any],
+    reason: str,
+    status_text: str,
+    attempt: int,
+    audit_fields: dict[str, Any],
+) -> None:
+    """Fail over to the destination's alternate once, else dead-letter the delivery."""
+    dest_cfg = rt.cfg.destinations[destination]
+    alternate = dest_cfg.alternate
+    if alternate is not None and not meta.get("alternate_of"):
+        rt.deliveries.fail_over(key, destination, alternate)
+        log.warning("forward failed; sending to the alternate destination", spool_key=key,
+                    destination=destination, alternate=alternate, reason=reason,
+                    status=status_text)  # fmt: skip
+        enqueue_forward(key, alternate, {**meta, "alternate_of": destination})
+        return
+    letter = rt.deadletters.add(key, destination, reason, status_text, attempt, meta)
+    rt.audit.emit(
+        "dead_lettered", status=f"{reason}: {status_text}", detail=letter.id, **audit_fields
+    )
+    log.error("forward failed; dead-lettered", spool_key=key, destination=destination,
+              sop_instance_uid=audit_fields["sop_instance_uid"], reason=reason,
+              status=status_text, attempt=attempt, dead_letter=letter.id)  # fmt: skip

@@ -108,8 +108,19 @@ def _counter_of(path: Path) -> int:
 class _StoreWriter:
     """C-STORE handler that writes each data set undecoded to ``out_dir``."""
 
-    def __init__(self, out_dir: Path) -> None:
+    def __init__(
+        self,
+        out_dir: Path,
+        fail_first: int = 0,
+        fail_sop_class: str | None = None,
+        fail_status: int = 0xA700,
+    ) -> None:
         self._out_dir = out_dir
+        # Failure injection for delivery tests: answer ``fail_status`` to the first
+        # ``fail_first`` stores, and to every store of ``fail_sop_class``.
+        self._fail_left = fail_first
+        self._fail_sop_class = fail_sop_class
+        self._fail_status = fail_status
         # Continue after files left by an earlier run in the same directory,
         # so nothing is overwritten and arrival order stays meaningful.
         previous = [_counter_of(p) for p in out_dir.glob("*.dcm") if _SEPARATOR in p.name]
@@ -117,7 +128,13 @@ class _StoreWriter:
         self._lock = threading.Lock()
 
     def handle_store(self, event: Event) -> int:
+        request = cast(C_STORE, event.request)
         with self._lock:
+            if self._fail_left > 0:
+                self._fail_left -= 1
+                return self._fail_status
+            if self._fail_sop_class and str(request.AffectedSOPClassUID) == self._fail_sop_class:
+                return self._fail_status
             number = next(self._counter)
         sop_instance_uid = str(cast(C_STORE, event.request).AffectedSOPInstanceUID).strip()
         # A UID only holds digits and dots; refuse anything that could
@@ -186,6 +203,9 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-pdu", type=int, default=0)
     parser.add_argument("--max-associations", type=int, default=64)
     parser.add_argument("--log-level", default="WARNING", help="pynetdicom log level (stderr)")
+    parser.add_argument("--fail-first", type=int, default=0, help="refuse the first N stores")
+    parser.add_argument("--fail-sop-class", help="refuse every store of this SOP class UID")
+    parser.add_argument("--fail-status", type=lambda v: int(v, 0), default=0xA700)
     return parser.parse_args(argv)
 
 
@@ -200,7 +220,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out_dir: Path = args.out
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    writer = _StoreWriter(out_dir)
+    writer = _StoreWriter(out_dir, args.fail_first, args.fail_sop_class, args.fail_status)
     ae = build_ae(
         ae_title=args.ae_title,
         transfer_syntaxes=args.transfer_syntaxes or DEFAULT_TRANSFER_SYNTAXES,
@@ -272,8 +292,10 @@ class CaptureSCP:
         transfer_syntaxes: Sequence[str] | None = None,
         max_pdu: int = 0,
         startup_timeout: float = 20.0,
+        extra_args: Sequence[str] = (),
     ) -> None:
         self.port: int = port if port is not None else free_port()
+        self._extra_args = tuple(extra_args)
         self.host: str = LOCALHOST
         self.ae_title: str = ae_title
         self._requested_out_dir = out_dir
@@ -332,6 +354,7 @@ class CaptureSCP:
         ]
         for ts in self._transfer_syntaxes:
             argv += ["--transfer-syntax", ts]
+        argv += self._extra_args
         self._log_file = self.log_path.open("w")
         self._proc = subprocess.Popen(
             argv,
