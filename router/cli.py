@@ -72,6 +72,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from router.queue import FORWARD_QUEUE, ROUTE_QUEUE, configure
 
     app = configure(cfg)
+    from router.service import die_with_parent, start_retry_pump
+
+    die_with_parent()
+    start_retry_pump(cfg)
     argv = [
         "worker",
         "--queues", f"{ROUTE_QUEUE},{FORWARD_QUEUE}",

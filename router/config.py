@@ -141,6 +141,7 @@ class RouterConfig(_Strict):
     listen: ListenConfig = Field(default_factory=lambda: ListenConfig())
     spool: SpoolConfig = Field(default_factory=lambda: SpoolConfig())
     broker_url: str = "redis://127.0.0.1:6379/0"
+    broker_visibility_timeout: float = 300.0
     rules: Path = Path("./rules")
     accept: AcceptConfig | None = None
     max_associations: int = Field(32, ge=1)
@@ -153,6 +154,14 @@ class RouterConfig(_Strict):
     salt: SecretStr | None = None
     salt_file: Path | None = None
     source: Path | None = Field(None, exclude=True)
+
+    @field_validator("broker_visibility_timeout", mode="before")
+    @classmethod
+    def _visibility(cls, value: object) -> float:
+        seconds = parse_duration(value)
+        if seconds < 5:
+            raise ValueError("must be at least 5s (longer than any one delivery)")
+        return seconds
 
     @field_validator("destinations")
     @classmethod

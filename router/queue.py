@@ -3,8 +3,8 @@
 Settings follow what loses nothing on Redis: a task is acknowledged only after it
 ran (``acks_late``), handed back if its worker dies (``reject_on_worker_lost``),
 and a worker takes one task at a time (prefetch 1) so a slow destination cannot
-hoard work another worker could do. The visibility timeout stays above the
-longest retry delay, or Redis would hand a waiting retry to a second worker.
+hoard work another worker could do. Delayed retries wait in Redis, not in a
+worker (see ``router.retries``), so the visibility timeout only covers one task.
 """
 
 from __future__ import annotations
@@ -24,9 +24,13 @@ app = Celery("dicom_router")
 
 
 def visibility_timeout(cfg: RouterConfig) -> int:
-    """Seconds: twice the longest retry delay, and at least an hour."""
-    longest = max((d.retry.max_delay for d in cfg.destinations.values()), default=0.0)
-    return int(max(3600.0, 2 * longest + 60))
+    """Seconds a task may stay unacknowledged before Redis hands it to another worker.
+
+    Retries wait in the router's own schedule (``router.retries``), not in
+    workers, so this only has to exceed one task's run time; it bounds how long
+    the tasks of a killed worker take to come back.
+    """
+    return int(cfg.broker_visibility_timeout)
 
 
 def configure(cfg: RouterConfig) -> Celery:
@@ -44,6 +48,10 @@ def configure(cfg: RouterConfig) -> Celery:
         task_routes={ROUTE_TASK: {"queue": ROUTE_QUEUE}, FORWARD_TASK: {"queue": FORWARD_QUEUE}},
         broker_transport_options={
             "visibility_timeout": visibility_timeout(cfg),
+            # Look for tasks of dead workers every 5 s (kombu's default scans every
+            # 100 s), so they return soon after the visibility timeout.
+            "unacked_restore_interval": 5,
+            "unacked_restore_throttle": 1,
             "socket_connect_timeout": 3,
             "socket_timeout": 10,
         },
@@ -64,6 +72,11 @@ def enqueue_route(key: str, meta: dict[str, Any]) -> None:
     Out-of-Resources answer it can retry is better than a long stall.
     """
     app.send_task(ROUTE_TASK, args=[key, meta], queue=ROUTE_QUEUE, retry=False)
+
+
+def requeue_forward(key: str, destination: str, meta: dict[str, Any], attempt: int) -> None:
+    """Adapter for the retry pump: queue a due retry now."""
+    enqueue_forward(key, destination, meta, attempt=attempt)
 
 
 def enqueue_forward(

@@ -9,6 +9,7 @@ its current tasks (Celery's warm shutdown); unfinished tasks stay on the queue.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import subprocess
@@ -24,7 +25,8 @@ from router.audit import AuditLog
 from router.config import RouterConfig, destination_syntaxes, load_salt
 from router.exporter import BrokerCollector, start_exporter
 from router.logs import get_logger
-from router.queue import FORWARD_QUEUE, ROUTE_QUEUE, configure
+from router.queue import FORWARD_QUEUE, ROUTE_QUEUE, configure, requeue_forward
+from router.retries import RetrySchedule, start_pump_thread
 from router.rules.live import LiveRuleset
 from router.scp import StorageSCP
 from router.spool import Spool
@@ -49,7 +51,8 @@ class WorkerProcess:
             sys.executable, "-m", "router.cli", "--config", str(self.config_path),
             "worker", "--concurrency", str(self.concurrency),
         ]  # fmt: skip
-        self.proc = subprocess.Popen(cmd, env=os.environ.copy())
+        env = {**os.environ, PARENT_ENV: str(os.getpid())}
+        self.proc = subprocess.Popen(cmd, env=env)
         log.info("worker started", pid=self.proc.pid, concurrency=self.concurrency)
 
     def check(self) -> None:
@@ -70,6 +73,37 @@ class WorkerProcess:
             log.error("worker did not stop in time; killing it")
             self.proc.kill()
             self.proc.wait()
+
+
+PARENT_ENV = "DICOM_ROUTER_SERVE_PID"  # not ROUTER_*: those are config keys
+
+
+def die_with_parent() -> None:
+    """In a worker started by ``serve``: get SIGTERM (a warm shutdown) if ``serve`` dies.
+
+    Without this a killed ``serve`` would leave its worker running, and a restarted
+    ``serve`` would start a second one beside it.
+    """
+    parent = os.environ.pop(PARENT_ENV, None)
+    if parent is None:
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        return
+    if os.getppid() != int(parent):  # serve died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def start_retry_pump(cfg: RouterConfig) -> threading.Event:
+    """Move due retries onto the forward queue from this process; returns its stop event."""
+    client = redis.Redis.from_url(cfg.broker_url, socket_connect_timeout=2, socket_timeout=5)
+    return start_pump_thread(
+        RetrySchedule(client),
+        requeue_forward,
+        lambda exc: log.warning("retry pump: broker unavailable", error=type(exc).__name__),
+    )
 
 
 def readiness_check(cfg: RouterConfig, spool: Spool, rules: LiveRuleset) -> list[str]:
@@ -112,6 +146,7 @@ def serve(cfg: RouterConfig, config_path: Path, workers: int) -> int:
 
     scp = StorageSCP(cfg, spool, audit)
     scp.start()
+    pump = start_retry_pump(cfg)
     broker = BrokerCollector(
         redis.Redis.from_url(cfg.broker_url, socket_connect_timeout=1, socket_timeout=2),
         (ROUTE_QUEUE, FORWARD_QUEUE),
@@ -140,6 +175,7 @@ def serve(cfg: RouterConfig, config_path: Path, workers: int) -> int:
                 spool.sweep_done(cfg.spool.retention_hours)
                 spool.sweep_tmp()
     finally:
+        pump.set()
         scp.stop()
         if worker is not None:
             worker.stop()

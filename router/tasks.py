@@ -28,6 +28,7 @@ from router.deadletters import DeadLetters
 from router.deliveries import Deliveries
 from router.logs import get_logger
 from router.queue import FORWARD_TASK, ROUTE_TASK, app, enqueue_forward
+from router.retries import RetrySchedule
 from router.rules import InstanceView, RulesetError, decide
 from router.rules.actions import ActionContext
 from router.rules.engine import Decision, destinations_by_rule
@@ -53,6 +54,7 @@ class Runtime:
     pool: AssociationPool
     salt: bytes
     deadletters: DeadLetters
+    retries: RetrySchedule
 
 
 _runtime: Runtime | None = None
@@ -96,6 +98,7 @@ def build_runtime(cfg: RouterConfig) -> Runtime:
         pool=AssociationPool(cfg.ae_title),
         salt=salt,
         deadletters=DeadLetters(client),
+        retries=RetrySchedule(client),
     )
 
 
@@ -278,7 +281,7 @@ def forward(key: str, destination: str, meta: dict[str, Any], attempt: int = 1) 
         log.warning("forward failed; will retry", spool_key=key, destination=destination,
                     sop_instance_uid=sop_uid, status=status_text, attempt=attempt,
                     retry_in_s=round(delay, 2))  # fmt: skip
-        enqueue_forward(key, destination, meta, attempt=attempt + 1, countdown=delay)
+        rt.retries.schedule(key, destination, meta, attempt + 1, delay)
         return
     reason = "permanent failure" if outcome == Outcome.FAILED else "retries exhausted"
     _give_up(rt, key, destination, meta, reason, status_text, attempt, audit_fields)

@@ -31,9 +31,10 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 class RedisServer:
     """A throw-away ``redis-server`` on 127.0.0.1."""
 
-    def __init__(self, workdir: Path, port: int | None = None) -> None:
+    def __init__(self, workdir: Path, port: int | None = None, durable: bool = False) -> None:
         self.workdir = workdir
         self.port = port or free_port()
+        self.durable = durable  # AOF with fsync on every write, as a production broker
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -47,7 +48,8 @@ class RedisServer:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(
             [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.workdir), "--daemonize", "no",
+             "--appendonly", "yes" if self.durable else "no", "--appendfsync", "always",
+             "--dir", str(self.workdir), "--daemonize", "no",
              "--maxmemory-policy", "noeviction", "--logfile", str(self.workdir / "redis.log")],
         )  # fmt: skip
         wait_for_port("127.0.0.1", self.port, 10)
@@ -108,14 +110,19 @@ class RouterProcess:
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
+    def kill(self) -> None:
+        """SIGKILL the router and every process it started (its own process group)."""
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(30)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+                self.kill()
 
 
 def write_config(
@@ -164,6 +171,7 @@ def start_router(
             [sys.executable, "-m", "router.cli", "--config", str(config_path), "serve",
              "--workers", str(workers)],
             stdout=log, stderr=subprocess.STDOUT, cwd=PROJECT_ROOT, env=env,
+            start_new_session=True,
         )  # fmt: skip
     router = RouterProcess(
         workdir=workdir,
