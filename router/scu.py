@@ -25,6 +25,7 @@ from pynetdicom import AE, _config, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from router import metrics
+from router.slots import AssociationSlots
 
 # Send datasets straight from file, never decoding them.
 _config.STORE_SEND_CHUNKED_DATASET = True
@@ -38,10 +39,12 @@ IDLE_CLOSE_S = 10.0
 class DeliveryError(Exception):
     """The instance could not be handed to the destination (no DIMSE status to read)."""
 
-    def __init__(self, reason: str, transient: bool = True) -> None:
+    def __init__(self, reason: str, transient: bool = True, busy: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
         self.transient = transient
+        self.busy = busy
+        """All of the destination's association slots are in use elsewhere: not a failure."""
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,8 @@ class Peer:
     host: str
     port: int
     timeout: float = 30.0
+    max_associations: int = 0
+    """Across all workers; 0 = no shared limit."""
 
 
 def set_nodelay(event: Any) -> None:
@@ -129,9 +134,15 @@ class _Pooled:
 class AssociationPool:
     """One reusable association per destination, for the calling process."""
 
-    def __init__(self, calling_ae: str, idle_close_s: float = IDLE_CLOSE_S) -> None:
+    def __init__(
+        self,
+        calling_ae: str,
+        idle_close_s: float = IDLE_CLOSE_S,
+        slots: AssociationSlots | None = None,
+    ) -> None:
         self.calling_ae = calling_ae
         self.idle_close_s = idle_close_s
+        self.slots = slots
         self._pooled: dict[str, _Pooled] = {}
         self._wanted: dict[str, OrderedDict[tuple[str, str], None]] = {}
         self._lock = threading.Lock()
@@ -155,6 +166,8 @@ class AssociationPool:
         pooled = self._pooled.pop(name, None)
         if pooled is not None and pooled.assoc.is_established:
             pooled.assoc.release()
+        if pooled is not None and self.slots is not None:
+            self.slots.release(name)
 
     def close_all(self) -> None:
         with self._lock:
@@ -164,8 +177,21 @@ class AssociationPool:
     def _association(self, name: str, peer: Peer, context: tuple[str, str]) -> Any:
         pooled = self._pooled.get(name)
         if pooled is not None and pooled.assoc.is_established and context in pooled.contexts:
+            if self.slots is not None and peer.max_associations:
+                self.slots.renew(name)
             return pooled.assoc
         self._close(name)
+        shared = self.slots is not None and peer.max_associations > 0
+        if shared and not self.slots.acquire(name, peer.max_associations):  # type: ignore[union-attr]
+            raise DeliveryError("all association slots of the destination are in use", busy=True)
+        try:
+            return self._open(name, peer, context)
+        except DeliveryError:
+            if shared and name not in self._pooled:  # no association holds the slot
+                self.slots.release(name)  # type: ignore[union-attr]
+            raise
+
+    def _open(self, name: str, peer: Peer, context: tuple[str, str]) -> Any:
         wanted = self._wanted.setdefault(name, OrderedDict())
         wanted[context] = None
         wanted.move_to_end(context)

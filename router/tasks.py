@@ -18,11 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import redis
+from celery.signals import worker_process_shutdown
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 
 from router import metrics
 from router.audit import AuditLog
+from router.circuit import Circuits
 from router.config import RouterConfig, destination_syntaxes, load_config, load_salt
 from router.deadletters import DeadLetters
 from router.deliveries import Deliveries
@@ -34,6 +36,7 @@ from router.rules.actions import ActionContext
 from router.rules.engine import Decision, destinations_by_rule
 from router.rules.live import LiveRuleset
 from router.scu import AssociationPool, DeliveryError, Peer
+from router.slots import AssociationSlots
 from router.spool import Spool
 from router.status import Outcome, classify, describe
 
@@ -55,6 +58,7 @@ class Runtime:
     salt: bytes
     deadletters: DeadLetters
     retries: RetrySchedule
+    circuits: Circuits
 
 
 _runtime: Runtime | None = None
@@ -95,11 +99,23 @@ def build_runtime(cfg: RouterConfig) -> Runtime:
             cfg.rules, destination_syntaxes(cfg), on_reload=on_reload, salt_available=bool(salt)
         ),
         deliveries=Deliveries(client),
-        pool=AssociationPool(cfg.ae_title),
+        pool=AssociationPool(cfg.ae_title, slots=AssociationSlots(client)),
         salt=salt,
         deadletters=DeadLetters(client),
         retries=RetrySchedule(client),
+        circuits=Circuits(client),
     )
+
+
+@worker_process_shutdown.connect  # type: ignore[untyped-decorator]
+def _close_associations(**_kwargs: Any) -> None:
+    """A stopping pool process releases its associations and their shared slots at once,
+    instead of leaving the slots taken until their leases run out."""
+    if _runtime is not None and _runtime_pid == os.getpid():
+        try:
+            _runtime.pool.close_all()
+        except Exception as exc:
+            log.warning("could not close associations at shutdown", error=str(exc))
 
 
 def backoff_delay(attempt: int, initial: float, maximum: float) -> float:
@@ -251,16 +267,16 @@ def forward(key: str, destination: str, meta: dict[str, Any], attempt: int = 1) 
         if rt.deliveries.delivered(key, destination, sop_uid, digest):
             _finish(rt, key)
         return
-    peer = Peer(dest_cfg.ae_title, dest_cfg.host, dest_cfg.port, dest_cfg.timeout)
-    started = time.monotonic()
-    try:
-        status = rt.pool.send_file(destination, peer, path)
-        outcome = classify(status)
-        status_text = describe(status)
-    except DeliveryError as exc:
-        outcome = Outcome.RETRY if exc.transient else Outcome.FAILED
-        status_text = exc.reason
-    metrics.forward_seconds.labels(destination).observe(time.monotonic() - started)
+    blocked = rt.circuits.blocked_for(destination, probe_timeout_s=2 * dest_cfg.timeout + 10)
+    if blocked > 0:
+        # Known not to answer: this attempt fails without touching the network.
+        outcome, status_text = Outcome.RETRY, CIRCUIT_OPEN
+    else:
+        attempted = _send(rt, destination, path)
+        if attempted is None:  # other workers hold every slot: wait a moment, not an attempt
+            rt.retries.schedule(key, destination, meta, attempt, random.uniform(0.2, 1.0))
+            return
+        outcome, status_text = attempted
     metrics.forward.labels(destination, outcome.value).inc()
     if outcome in (Outcome.SUCCESS, Outcome.WARNING):
         size = path.stat().st_size
@@ -277,7 +293,7 @@ def forward(key: str, destination: str, meta: dict[str, Any], attempt: int = 1) 
     rt.audit.emit("forward_failed", status=status_text, **audit_fields)
     retry = dest_cfg.retry
     if outcome == Outcome.RETRY and attempt < retry.max_attempts:
-        delay = backoff_delay(attempt, retry.initial_delay, retry.max_delay)
+        delay = max(blocked, backoff_delay(attempt, retry.initial_delay, retry.max_delay))
         log.warning("forward failed; will retry", spool_key=key, destination=destination,
                     sop_instance_uid=sop_uid, status=status_text, attempt=attempt,
                     retry_in_s=round(delay, 2))  # fmt: skip
@@ -285,6 +301,29 @@ def forward(key: str, destination: str, meta: dict[str, Any], attempt: int = 1) 
         return
     reason = "permanent failure" if outcome == Outcome.FAILED else "retries exhausted"
     _give_up(rt, key, destination, meta, reason, status_text, attempt, audit_fields)
+
+
+CIRCUIT_OPEN = "destination not answering (circuit open)"
+
+
+def _send(rt: Runtime, destination: str, path: Path) -> tuple[Outcome, str] | None:
+    """One C-STORE attempt: (outcome, status text), or None when no slot is free."""
+    dest_cfg = rt.cfg.destinations[destination]
+    peer = Peer(dest_cfg.ae_title, dest_cfg.host, dest_cfg.port, dest_cfg.timeout,
+                dest_cfg.max_associations)  # fmt: skip
+    started = time.monotonic()
+    try:
+        status = rt.pool.send_file(destination, peer, path)
+    except DeliveryError as exc:
+        if exc.busy:
+            return None
+        if exc.transient:
+            rt.circuits.failed(destination)
+        return (Outcome.RETRY if exc.transient else Outcome.FAILED), exc.reason
+    finally:
+        metrics.forward_seconds.labels(destination).observe(time.monotonic() - started)
+    rt.circuits.succeeded(destination)
+    return classify(status), describe(status)
 
 
 def _give_up(

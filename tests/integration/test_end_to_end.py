@@ -48,10 +48,12 @@ def orthanc() -> Iterator[Orthanc]:
 @pytest.fixture(scope="module")
 def router(
     tmp_path_factory: pytest.TempPathFactory,
-    redis_server: RedisServer,
+    redis_session: RedisServer,
     capture: CaptureSCP,
     orthanc: Orthanc,
 ) -> Iterator[RouterProcess]:
+    redis_session.client().flushall()
+    redis_server = redis_session
     destinations = {
         "capture": {"ae_title": capture.ae_title, "host": "127.0.0.1", "port": capture.port},
         "orthanc": {"ae_title": orthanc.aet, "host": "127.0.0.1", "port": orthanc.dicom_port},

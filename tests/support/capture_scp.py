@@ -48,7 +48,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType, TracebackType
-from typing import TextIO, cast
+from typing import Any, TextIO, cast
 
 from pydicom import uid
 from pynetdicom import AE, AllStoragePresentationContexts, evt
@@ -146,6 +146,24 @@ class _StoreWriter:
         os.replace(part, final)
         return 0x0000
 
+    def track_associations(self, stats: Path | None) -> list[tuple[Any, Any]]:
+        """Handlers recording the most associations open at once into ``stats``."""
+        state = {"open": 0, "max": 0}
+
+        def opened(event: Event) -> None:
+            with self._lock:
+                state["open"] += 1
+                state["max"] = max(state["max"], state["open"])
+                if stats is not None:
+                    stats.write_text(str(state["max"]))
+
+        def closed(event: Event) -> None:
+            with self._lock:
+                state["open"] -= 1
+
+        return [(evt.EVT_ESTABLISHED, opened), (evt.EVT_RELEASED, closed),
+                (evt.EVT_ABORTED, closed)]  # fmt: skip
+
     @staticmethod
     def handle_conn_open(event: Event) -> None:
         sock = event.assoc.dul.socket
@@ -206,6 +224,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--fail-first", type=int, default=0, help="refuse the first N stores")
     parser.add_argument("--fail-sop-class", help="refuse every store of this SOP class UID")
     parser.add_argument("--fail-status", type=lambda v: int(v, 0), default=0xA700)
+    parser.add_argument("--stats", type=Path, help="file for the most associations open at once")
     return parser.parse_args(argv)
 
 
@@ -241,6 +260,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         evt_handlers=[
             (evt.EVT_C_STORE, writer.handle_store),
             (evt.EVT_CONN_OPEN, writer.handle_conn_open),
+            *writer.track_associations(args.stats),
         ],
     )
     assert server is not None
@@ -354,7 +374,7 @@ class CaptureSCP:
         ]
         for ts in self._transfer_syntaxes:
             argv += ["--transfer-syntax", ts]
-        argv += self._extra_args
+        argv += ["--stats", str(self._workdir / "stats.txt"), *self._extra_args]
         self._log_file = self.log_path.open("w")
         self._proc = subprocess.Popen(
             argv,
@@ -438,6 +458,11 @@ class CaptureSCP:
     def sop_instance_uids(self) -> list[str]:
         """Return the SOP Instance UIDs received, in order, duplicates kept."""
         return [sop_instance_uid_of(p) for p in self.received()]
+
+    def max_concurrent_associations(self) -> int:
+        """The most associations that were open at once so far."""
+        stats = self._workdir / "stats.txt" if self._workdir is not None else None
+        return int(stats.read_text()) if stats is not None and stats.exists() else 0
 
     def clear(self) -> None:
         """Delete every captured file (the counter keeps increasing)."""
