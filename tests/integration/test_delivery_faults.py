@@ -238,5 +238,7 @@ def test_a_dead_destination_does_not_slow_the_others(
                 latencies[name] = median_latency(router, "pacs", uids(files))
             finally:
                 router.stop()
-    # Within 2x, with 100 ms of slack for timer noise on small medians.
-    assert latencies["beside-dead"] <= 2 * latencies["alone"] + 0.1, latencies
+    # Within 2x, plus half a second: the medians are fractions of a second on a shared
+    # 2-core machine, where scheduling noise alone moves them by that much. A dead
+    # destination that held up the others would cost seconds to minutes.
+    assert latencies["beside-dead"] <= 2 * latencies["alone"] + 0.5, latencies

@@ -37,7 +37,6 @@ import contextlib
 import itertools
 import logging
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -47,14 +46,15 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from types import FrameType, TracebackType
-from typing import Any, TextIO, cast
+from types import FrameType
+from typing import Any, cast
 
 from pydicom import uid
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
 
+from .child import ChildProcess
 from .ports import LOCALHOST, free_port, wait_for_port
 
 __all__ = [
@@ -274,7 +274,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-class CaptureSCP:
+class CaptureSCP(ChildProcess):
     """Run the capture SCP in a child process for the duration of a ``with``.
 
     Parameters
@@ -322,10 +322,8 @@ class CaptureSCP:
         self._transfer_syntaxes = tuple(transfer_syntaxes or ())
         self._max_pdu = max_pdu
         self._startup_timeout = startup_timeout
-        self._workdir: Path | None = None
+        super().__init__()
         self._out_dir: Path | None = None
-        self._log_file: TextIO | None = None
-        self._proc: subprocess.Popen[bytes] | None = None
 
     # -- lifecycle ---------------------------------------------------------
     @property
@@ -410,44 +408,6 @@ class CaptureSCP:
             time.sleep(0.05)
         # "ready" is printed after the socket listens; this is a cheap check.
         wait_for_port(self.host, self.port, timeout=5.0)
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """Terminate the child (SIGTERM, then SIGKILL after ``timeout``)."""
-        if self._proc is not None:
-            if self._proc.poll() is None:
-                self._proc.terminate()
-                try:
-                    self._proc.wait(timeout=timeout)
-                except subprocess.TimeoutExpired:
-                    self._proc.kill()
-                    self._proc.wait(timeout=timeout)
-            self._proc = None
-        if self._log_file is not None:
-            self._log_file.close()
-            self._log_file = None
-
-    def cleanup(self) -> None:
-        """Stop the child and delete its temporary directory."""
-        self.stop()
-        if self._workdir is not None:
-            shutil.rmtree(self._workdir, ignore_errors=True)
-            self._workdir = None
-
-    def __enter__(self) -> CaptureSCP:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.cleanup()
-
-    @property
-    def running(self) -> bool:
-        """True while the child process is alive."""
-        return self._proc is not None and self._proc.poll() is None
 
     # -- results -----------------------------------------------------------
     def received(self) -> list[Path]:

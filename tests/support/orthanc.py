@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import tempfile
 import time
@@ -27,9 +26,9 @@ import urllib.error
 import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
-from types import TracebackType
-from typing import Any, TextIO
+from typing import Any
 
+from .child import ChildProcess
 from .ports import LOCALHOST, free_port, wait_for_port
 
 __all__ = ["ORTHANC_BINARY", "Orthanc", "OrthancError"]
@@ -45,7 +44,7 @@ class OrthancError(RuntimeError):
     """Orthanc failed to start, died, or its REST API returned an error."""
 
 
-class Orthanc:
+class Orthanc(ChildProcess):
     """A temporary Orthanc server, used as a context manager.
 
     Parameters
@@ -97,9 +96,7 @@ class Orthanc:
         self._startup_timeout = startup_timeout
         self._graceful_stop = graceful_stop
         self._binary = binary
-        self._workdir: Path | None = None
-        self._log_file: TextIO | None = None
-        self._proc: subprocess.Popen[bytes] | None = None
+        super().__init__()
 
     # -- configuration -------------------------------------------------------
     def config(self, workdir: Path) -> dict[str, Any]:
@@ -225,50 +222,6 @@ class Orthanc:
             wait_for_port(self.host, self.dicom_port, timeout=remaining)
         except TimeoutError as exc:
             raise OrthancError(f"{exc}; log tail:\n{self.log_tail()}") from exc
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """Terminate Orthanc (SIGTERM, then SIGKILL after ``timeout``).
-
-        With ``graceful_stop=False`` SIGKILL is sent straight away.
-        """
-        if self._proc is not None:
-            if self._proc.poll() is None:
-                if self._graceful_stop:
-                    self._proc.terminate()
-                else:
-                    self._proc.kill()
-                try:
-                    self._proc.wait(timeout=timeout)
-                except subprocess.TimeoutExpired:
-                    self._proc.kill()
-                    self._proc.wait(timeout=timeout)
-            self._proc = None
-        if self._log_file is not None:
-            self._log_file.close()
-            self._log_file = None
-
-    def cleanup(self) -> None:
-        """Stop Orthanc and delete its temporary directory."""
-        self.stop()
-        if self._workdir is not None:
-            shutil.rmtree(self._workdir, ignore_errors=True)
-            self._workdir = None
-
-    def __enter__(self) -> Orthanc:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.cleanup()
-
-    @property
-    def running(self) -> bool:
-        """True while the Orthanc process is alive."""
-        return self._proc is not None and self._proc.poll() is None
 
     # -- REST ----------------------------------------------------------------
     def request(
