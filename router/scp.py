@@ -183,10 +183,35 @@ class StorageSCP:
     def ports(self) -> list[int]:
         return [int(server.server_address[1]) for server in self.servers]
 
-    def stop(self) -> None:
+    def stop(self, drain_timeout_s: float = 60.0) -> None:
+        """Stop accepting associations, then let the open ones finish (up to a limit).
+
+        A modality in the middle of a study gets to send the rest of it; what it
+        could not send before the limit it still holds and sends again later.
+        """
         for server in self.servers:
             server.shutdown()
         self.servers.clear()
+        ae = getattr(self, "ae", None)
+        if ae is None:
+            return
+
+        def established() -> list[Any]:
+            # Connections that never asked for an association (port probes) do not
+            # count: waiting for their ACSE timeout would only delay the stop.
+            return [a for a in ae.active_associations if a.is_established]
+
+        if established():
+            log.info("listener closed; letting open associations finish",
+                     open=len(established()))  # fmt: skip
+        deadline = time.monotonic() + drain_timeout_s
+        while established() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if established():
+            log.warning("associations still open after the drain limit; aborting them",
+                        open=len(established()))  # fmt: skip
+        for assoc in list(ae.active_associations):
+            assoc.abort()
 
     # --- handlers ---------------------------------------------------------------
     def _on_connect(self, event: Any) -> None:

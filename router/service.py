@@ -177,6 +177,7 @@ def serve(cfg: RouterConfig, config_path: Path, workers: int) -> int:
     finally:
         pump.set()
         scp.stop()
+        log.info("listener stopped; stopping the worker")
         if worker is not None:
             worker.stop()
         exporter.shutdown()

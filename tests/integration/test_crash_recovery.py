@@ -152,3 +152,33 @@ def test_broker_restart_refuses_while_down_and_delivers_everything_after(
         finally:
             router.stop()
             broker.stop()
+
+
+def test_sigterm_lets_an_open_association_finish_and_loses_nothing(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    with CaptureSCP() as capture:
+        path, config = config_for(tmp_path, redis_server.url, capture)
+        router = start_router(path, config)
+        files = write_ct_series(tmp_path / "ct", 150, rows=256, cols=256, seed=26)
+        result: list[int] = []
+        sender = threading.Thread(
+            target=lambda: result.append(storescu(files, router.port).returncode)
+        )
+        sender.start()
+        wait_until(lambda: len(router.audit_events("received")) >= 20, 60, "receipts")
+        router.proc.send_signal(signal.SIGTERM)
+        sender.join(120)
+        assert router.proc.wait(120) == 0
+        # The modality's association was allowed to finish: every instance acknowledged.
+        assert result == [0]
+        expected = {str(dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in files}
+        assert received_uids(router) == expected
+        # Whatever was not delivered before the stop is delivered after a restart.
+        restarted = start_router(path, config)
+        try:
+            wait_until(lambda: expected <= set(capture.sop_instance_uids()), 120,
+                       "every instance to arrive after the restart")  # fmt: skip
+            assert_delivered(capture, expected, IN_FLIGHT)
+        finally:
+            restarted.stop()
