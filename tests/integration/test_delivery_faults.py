@@ -242,3 +242,35 @@ def test_a_dead_destination_does_not_slow_the_others(
     # 2-core machine, where scheduling noise alone moves them by that much. A dead
     # destination that held up the others would cost seconds to minutes.
     assert latencies["beside-dead"] <= 2 * latencies["alone"] + 0.5, latencies
+
+
+def test_identical_resend_is_not_sent_again_but_a_correction_is(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    with CaptureSCP() as pacs:
+        rules = "rules:\n  - name: all\n    forward: [pacs]\n"
+        path, config = write_config(tmp_path / "router", redis_server.url,
+                                    {"pacs": destination(pacs.port)}, rules)  # fmt: skip
+        router = start_router(path, config)
+        try:
+            (original,) = write_ct_series(tmp_path / "ct", 1, rows=64, cols=64, seed=18)
+            uid = str(dcmread(original).SOPInstanceUID)
+            assert storescu([original], router.port).returncode == 0
+            pacs.wait_for_count(1, timeout=30)
+            # The modality sends the very same instance again: it is not delivered twice.
+            assert storescu([original], router.port).returncode == 0
+            wait_until(lambda: len(router.audit_events("received")) == 2, 30, "2nd receipt")
+            wait_until(lambda: not any((router.spool_dir / "incoming").rglob("*.dcm")), 30,
+                       "the second copy to be settled")  # fmt: skip
+            assert pacs.sop_instance_uids() == [uid]
+            # A correction: same SOP Instance UID, different content. It is sent again.
+            corrected = dcmread(original)
+            corrected.SeriesDescription = "CORRECTED"
+            fixed = tmp_path / "corrected.dcm"
+            corrected.save_as(fixed, enforce_file_format=True)
+            assert storescu([fixed], router.port).returncode == 0
+            pacs.wait_for_count(2, timeout=30)
+            assert pacs.sop_instance_uids() == [uid, uid]
+            assert dcmread(pacs.received()[-1]).SeriesDescription == "CORRECTED"
+        finally:
+            router.stop()
