@@ -32,7 +32,7 @@ if ! command -v "$PY" >/dev/null 2>&1 || ! "$PY" -c 'import venv, ensurepip' 2>/
   apt_install python3 python3-venv
 fi
 if [ "$MODE" = "test" ]; then
-  apt_install dcmtk orthanc dicom3tools redis-server
+  apt_install dcmtk orthanc dicom3tools redis-server prometheus
 else
   apt_install dcmtk
 fi

@@ -154,6 +154,16 @@ def test_dicom_router_echo_to_closed_port_fails_clearly(router: RouterProcess) -
     assert "neither a configured destination" in unknown.stderr
 
 
+def test_metrics_pass_promtool(router: RouterProcess) -> None:
+    status, text = router.http("/metrics")
+    assert status == 200
+    assert "dicom_router_queue_depth" in text and "dicom_router_forward_seconds_bucket" in text
+    checked = subprocess.run(
+        ["promtool", "check", "metrics"], input=text, capture_output=True, text=True, timeout=30
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
 def test_health_endpoints(router: RouterProcess) -> None:
     assert router.http("/healthz") == (200, "ok\n")
     assert router.http("/readyz") == (200, "ready\n")
