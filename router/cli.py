@@ -211,19 +211,24 @@ def cmd_rules_explain(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     import redis
 
-    from router.queue import FORWARD_QUEUE, ROUTE_QUEUE
+    from router.queue import FORWARD_QUEUE, ROUTE_QUEUE, configure
+    from router.rules.loader import RulesetError, load_ruleset
+    from router.status_report import collect
 
     cfg = _load(args)
+    client = redis.Redis.from_url(cfg.broker_url, socket_connect_timeout=2, socket_timeout=5)
     try:
-        client = redis.Redis.from_url(cfg.broker_url, socket_connect_timeout=2)
-        depths = {q: client.llen(q) for q in (ROUTE_QUEUE, FORWARD_QUEUE)}
-        pending = sum(1 for _ in client.scan_iter("dr:pending:*", count=1000))
+        report = collect(client, cfg.destinations, (ROUTE_QUEUE, FORWARD_QUEUE))
     except redis.RedisError as exc:
         print(f"dicom-router status: broker unreachable: {exc}", file=sys.stderr)
         return EXIT_PROBLEMS
-    for queue, depth in depths.items():
-        print(f"queue {queue}: {depth}")
-    print(f"instances awaiting delivery: {pending}")
+    try:
+        report.ruleset_version = load_ruleset(cfg.rules, destination_syntaxes(cfg)).version
+    except RulesetError:
+        report.ruleset_version = None
+    replies = configure(cfg).control.ping(timeout=1.0) or []
+    report.workers = sorted(name for reply in replies for name in reply)
+    print(report.as_json() if args.json else report.as_table())
     return EXIT_OK
 
 
@@ -328,7 +333,8 @@ def build_parser() -> argparse.ArgumentParser:
     deadletter.add_argument("--all", action="store_true", help="retry or purge every one")
     deadletter.set_defaults(func=cmd_deadletter)
 
-    status = sub.add_parser("status", help="queue depths and pending deliveries")
+    status = sub.add_parser("status", help="per-destination state, queues, workers, ruleset")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(func=cmd_status)
     return parser
 

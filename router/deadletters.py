@@ -93,7 +93,7 @@ class DeadLetters:
         pipe.hset(PREFIX + letter.id, mapping=letter.to_redis())  # type: ignore[arg-type]
         pipe.zadd(INDEX, {letter.id: letter.dead_at})
         pipe.hincrby(COUNTS, destination, 1)
-        pipe.hset(pending_key(spool_key), destination, f"dead:{letter.id}")
+        pipe.hset(pending_key(spool_key), destination, f"dead-{letter.id}@{letter.dead_at}")
         pipe.execute()
         return letter
 

@@ -9,6 +9,7 @@ redelivered forward task a no-op instead of a second send.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 
 import redis
@@ -25,6 +26,19 @@ def derived_key(spool_key: str) -> str:
     return f"{PREFIX}derived:{spool_key}"
 
 
+def delivered_log_key(destination: str) -> str:
+    return f"{PREFIX}delivered-log:{destination}"
+
+
+def waiting_since(value: str) -> float | None:
+    """The time stamp recorded with a pending entry (``state@epoch``), if any."""
+    _state, _, stamp = value.partition("@")
+    try:
+        return float(stamp) if stamp else None
+    except ValueError:
+        return None
+
+
 def delivered_key(destination: str, sop_instance_uid: str, digest: str) -> str:
     return f"{PREFIX}delivered:{destination}:{sop_instance_uid}:{digest}"
 
@@ -35,9 +49,11 @@ class Deliveries:
     def __init__(self, client: redis.Redis) -> None:
         self.redis = client
 
-    def expect(self, spool_key: str, destinations: Iterable[str]) -> None:
-        """Record the destinations an instance must reach (idempotent)."""
-        fields = {dest: "queued" for dest in destinations}
+    def expect(
+        self, spool_key: str, destinations: Iterable[str], since: float | None = None
+    ) -> None:
+        """Record the destinations an instance must reach (idempotent), and since when."""
+        fields = {dest: f"queued@{since or time.time()}" for dest in destinations}
         if fields:
             self.redis.hset(pending_key(spool_key), mapping=fields)  # type: ignore[arg-type]
 
@@ -61,9 +77,14 @@ class Deliveries:
     ) -> bool:
         """Record a delivery; True if it was the last destination this instance waited for."""
         pipe = self.redis.pipeline(transaction=True)
+        now = time.time()
         pipe.set(delivered_key(destination, sop_instance_uid, digest), "1", ex=DELIVERED_TTL_S)
         pipe.hdel(pending_key(spool_key), destination)
         pipe.hlen(pending_key(spool_key))
+        # For "delivered in the last hour" in `dicom-router status`.
+        log_key = delivered_log_key(destination)
+        pipe.zadd(log_key, {f"{spool_key}:{now}": now})
+        pipe.zremrangebyscore(log_key, "-inf", now - 3600)
         results = pipe.execute()
         return int(results[2]) == 0
 
@@ -71,12 +92,12 @@ class Deliveries:
         """The alternate now owes this instance instead of the exhausted destination."""
         pipe = self.redis.pipeline(transaction=True)
         pipe.hdel(pending_key(spool_key), destination)
-        pipe.hset(pending_key(spool_key), alternate, f"alternate-of:{destination}")
+        pipe.hset(pending_key(spool_key), alternate, f"alternate-of-{destination}@{time.time()}")
         pipe.execute()
 
     def requeued(self, spool_key: str, destination: str) -> None:
         """A dead letter goes back on the normal path."""
-        self.redis.hset(pending_key(spool_key), destination, "queued")
+        self.redis.hset(pending_key(spool_key), destination, f"queued@{time.time()}")
 
     def drop(self, spool_key: str, destination: str) -> bool:
         """Forget a destination (purged dead letter); True if nothing else is pending."""

@@ -166,7 +166,9 @@ def route(key: str, meta: dict[str, Any]) -> None:
         _settle_unrouted(rt, key, decision.unmatched, ruleset.unmatched, common)
         return
     send_keys = _outputs(rt, key, path, decision, view)
-    rt.deliveries.expect(key, decision.destinations)
+    received_at = meta.get("received_at")
+    since = float(received_at) if isinstance(received_at, int | float) else None
+    rt.deliveries.expect(key, decision.destinations, since)
     for destination, rule_name in decision.destinations.items():
         rt.audit.emit("routed", rule=rule_name, destination=destination, **common)
         enqueue_forward(

@@ -4,6 +4,7 @@ chosen destination exactly once, or sits in the dead-letter store with the reaso
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -135,6 +136,17 @@ def test_refused_sop_class_is_dead_lettered_then_retried(
         assert 'dicom_router_dead_letters{destination="pacs"} 5.0' in metrics
         # Dead-lettered instances stay in the spool.
         assert len(list((router.spool_dir / "incoming").rglob("*.dcm"))) == 5
+        # The operator's view says the same.
+        status = cli(router, "status", "--json")
+        assert status.returncode == 0, status.stderr
+        report = json.loads(status.stdout)
+        by_name = {d["name"]: d for d in report["destinations"]}
+        assert by_name["pacs"]["dead_letters"] == 5
+        assert by_name["pacs"]["delivered_last_hour"] == 2
+        assert by_name["archive"]["delivered_last_hour"] == 7
+        assert by_name["archive"]["waiting"] == 0 and by_name["archive"]["dead_letters"] == 0
+        assert report["workers"] and report["ruleset_version"]
+        assert "destination" in cli(router, "status").stdout
 
         # The PACS is fixed; the operator retries everything.
         pacs.stop()
