@@ -10,6 +10,7 @@ interleave or split, and each is handed to the kernel before the call returns.
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import json
 import os
 import threading
@@ -41,21 +42,54 @@ def audit_record(event: str, **fields: Any) -> dict[str, Any]:
 
 
 class AuditLog:
-    """Appends audit events to a file shared by every router process on the host."""
+    """Appends audit events to a file shared by every router process on the host.
 
-    def __init__(self, path: Path) -> None:
+    The file is rotated by size (``audit.jsonl`` -> ``audit.jsonl.1`` -> ...). Every
+    process takes an exclusive lock on ``audit.jsonl.lock`` around "check the size,
+    maybe rotate, write one line", and reopens the file when another process has
+    rotated it, so no line is lost, split or written to a file being renamed.
+    """
+
+    def __init__(self, path: Path, max_bytes: int = 100 * 1024 * 1024, backups: int = 10) -> None:
         self.path = Path(path)
+        self.max_bytes = max_bytes
+        self.backups = backups
         self._fd: int | None = None
+        self._lock_fd: int | None = None
         self._lock = threading.Lock()
         self._pid = 0
 
     def _open(self) -> int:
         pid = os.getpid()
-        if self._fd is None or self._pid != pid:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        if self._pid != pid:  # after a fork, never share the parent's descriptors
+            self._fd = self._lock_fd = None
             self._pid = pid
+        if self._lock_fd is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            lock_path = self.path.with_name(self.path.name + ".lock")
+            self._lock_fd = os.open(lock_path, os.O_WRONLY | os.O_CREAT, 0o640)
+        current = self._fd
+        if current is not None:
+            try:
+                rotated = os.fstat(current).st_ino != os.stat(self.path).st_ino
+            except FileNotFoundError:
+                rotated = True
+            if rotated:  # another process rotated the file: follow it
+                os.close(current)
+                self._fd = None
+        if self._fd is None:
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
         return self._fd
+
+    def _rotate(self) -> None:
+        for n in range(self.backups - 1, 0, -1):
+            older = self.path.with_name(f"{self.path.name}.{n}")
+            if older.exists():
+                os.replace(older, self.path.with_name(f"{self.path.name}.{n + 1}"))
+        os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
+        if self._fd is not None:
+            os.close(self._fd)
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
 
     def emit(self, event: str, **fields: Any) -> None:
         """Write one event; raises OSError if the trail cannot be written."""
@@ -63,10 +97,21 @@ class AuditLog:
         data = (line + "\n").encode("utf-8")
         with self._lock:
             fd = self._open()
-            os.write(fd, data)
+            assert self._lock_fd is not None
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+            try:
+                fd = self._open()
+                if os.fstat(fd).st_size + len(data) > self.max_bytes and os.fstat(fd).st_size:
+                    self._rotate()
+                    fd = self._open()
+                os.write(fd, data)
+            finally:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
     def close(self) -> None:
         with self._lock:
-            if self._fd is not None and self._pid == os.getpid():
-                os.close(self._fd)
-            self._fd = None
+            if self._pid == os.getpid():
+                for fd in (self._fd, self._lock_fd):
+                    if fd is not None:
+                        os.close(fd)
+            self._fd = self._lock_fd = None

@@ -103,6 +103,8 @@ class SyslogConfig(_Strict):
 
 class AuditConfig(_Strict):
     file: Path = Path("./var/audit.jsonl")
+    max_mb: float = Field(100, gt=0)
+    backups: int = Field(10, ge=1)
     syslog: SyslogConfig | None = None
 
 

@@ -129,7 +129,7 @@ def serve(cfg: RouterConfig, config_path: Path, workers: int) -> int:
     configure(cfg)
     spool = Spool(cfg.spool.dir)
     spool.ensure()
-    audit = AuditLog(cfg.audit.file)
+    audit = AuditLog(cfg.audit.file, int(cfg.audit.max_mb * 1024 * 1024), cfg.audit.backups)
     rules = LiveRuleset(cfg.rules, destination_syntaxes(cfg), salt_available=bool(load_salt(cfg)))
     try:
         rules.current()

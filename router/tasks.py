@@ -84,7 +84,7 @@ def _set_runtime(rt: Runtime) -> None:
 
 
 def build_runtime(cfg: RouterConfig) -> Runtime:
-    audit = AuditLog(cfg.audit.file)
+    audit = AuditLog(cfg.audit.file, int(cfg.audit.max_mb * 1024 * 1024), cfg.audit.backups)
 
     def on_reload(outcome: str, version: str, detail: str) -> None:
         audit.emit("rules_reloaded", status=outcome, ruleset_version=version or None, detail=detail)

@@ -158,3 +158,44 @@ def test_concurrent_emits_are_whole_lines_and_none_lost(tmp_path: Path) -> None:
     for t in range(threads_n):
         attempts = [r["attempt"] for r in records if r["destination"] == f"d{t}"]
         assert attempts == sorted(attempts)  # a thread's events stay in order
+
+
+def _write_events(path: str, writer: int, count: int) -> None:
+    log = AuditLog(Path(path), max_bytes=4096, backups=1000)
+    for n in range(count):
+        log.emit("received", sop_instance_uid=f"1.2.3.{writer}.{n}", calling_ae="CT01")
+    log.close()
+
+
+def test_rotation_by_size_across_processes_loses_and_splits_no_line(tmp_path: Path) -> None:
+    import multiprocessing
+
+    path = tmp_path / "audit.jsonl"
+    ctx = multiprocessing.get_context("fork")
+    writers = [ctx.Process(target=_write_events, args=(str(path), w, 300)) for w in range(4)]
+    for proc in writers:
+        proc.start()
+    for proc in writers:
+        proc.join(60)
+        assert proc.exitcode == 0
+    files = [path, *sorted(tmp_path.glob("audit.jsonl.*"))]
+    files = [f for f in files if not f.name.endswith(".lock")]
+    assert len(files) > 10, "the trail should have rotated many times"
+    uids = []
+    for file in files:
+        assert file.stat().st_size <= 4096
+        for line in file.read_text().splitlines():
+            uids.append(json.loads(line)["sop_instance_uid"])  # every line whole JSON
+    assert sorted(uids) == sorted(f"1.2.3.{w}.{n}" for w in range(4) for n in range(300))
+
+
+def test_rotation_keeps_the_configured_number_of_backups(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    log = AuditLog(path, max_bytes=1024, backups=3)
+    for n in range(200):
+        log.emit("routed", sop_instance_uid=f"1.2.{n}")
+    log.close()
+    rotated = sorted(p.name for p in tmp_path.glob("audit.jsonl.*") if not p.name.endswith("lock"))
+    assert rotated == ["audit.jsonl.1", "audit.jsonl.2", "audit.jsonl.3"]
+    newest = json.loads(path.read_text().splitlines()[-1])
+    assert newest["sop_instance_uid"] == "1.2.199"
