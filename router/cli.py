@@ -11,7 +11,6 @@ import argparse
 import contextlib
 import os
 import re
-import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -49,10 +48,7 @@ def _multiprocess_metrics_dir() -> None:
     """Give this process tree a fresh, empty directory for shared metric values."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         return
-    folder = tempfile.mkdtemp(prefix="dicom-router-metrics-")
-    shutil.rmtree(folder, ignore_errors=True)
-    os.makedirs(folder)
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = folder
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="dicom-router-metrics-")
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

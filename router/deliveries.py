@@ -14,6 +14,8 @@ from collections.abc import Iterable
 
 import redis
 
+from router.spool import Spool
+
 PREFIX = "dr:"
 DELIVERED_TTL_S = 7 * 24 * 3600
 
@@ -106,6 +108,11 @@ class Deliveries:
         pipe.hlen(pending_key(spool_key))
         return int(pipe.execute()[1]) == 0
 
-    def pending(self, spool_key: str) -> dict[str, str]:
-        raw: dict[bytes, bytes] = self.redis.hgetall(pending_key(spool_key))  # type: ignore[assignment]
-        return {k.decode(): v.decode() for k, v in raw.items()}
+
+def release_instance(
+    deliveries: Deliveries, spool: Spool, key: str, retention_hours: float
+) -> None:
+    """No destination waits for the instance any more: release it and its changed copies."""
+    for derived in deliveries.take_derived(key):
+        spool.finish(derived, retention_hours)
+    spool.finish(key, retention_hours)

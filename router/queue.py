@@ -74,21 +74,13 @@ def enqueue_route(key: str, meta: dict[str, Any]) -> None:
     app.send_task(ROUTE_TASK, args=[key, meta], queue=ROUTE_QUEUE, retry=False)
 
 
-def requeue_forward(key: str, destination: str, meta: dict[str, Any], attempt: int) -> None:
-    """Adapter for the retry pump: queue a due retry now."""
-    enqueue_forward(key, destination, meta, attempt=attempt)
-
-
-def enqueue_forward(
-    key: str, destination: str, meta: dict[str, Any], attempt: int = 1, countdown: float = 0
-) -> None:
+def enqueue_forward(key: str, destination: str, meta: dict[str, Any], attempt: int = 1) -> None:
     """Queue one delivery of a spooled instance to one destination."""
     app.send_task(
         FORWARD_TASK,
         args=[key, destination, meta],
         kwargs={"attempt": attempt},
         queue=FORWARD_QUEUE,
-        countdown=countdown or None,
         retry=True,
         retry_policy={"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5},
     )

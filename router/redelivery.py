@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from router.config import RouterConfig
 from router.deadletters import DeadLetter, DeadLetters
-from router.deliveries import Deliveries
+from router.deliveries import Deliveries, release_instance
 from router.queue import enqueue_forward
 from router.spool import Spool
 
@@ -26,9 +26,7 @@ def purge(letter: DeadLetter, deliveries: Deliveries, spool: Spool, cfg: RouterC
     """Give the delivery up for good; True if the spool file was released too."""
     if not deliveries.drop(letter.spool_key, letter.destination):
         return False
-    for derived in deliveries.take_derived(letter.spool_key):
-        spool.finish(derived, cfg.spool.retention_hours)
-    spool.finish(letter.spool_key, cfg.spool.retention_hours)
+    release_instance(deliveries, spool, letter.spool_key, cfg.spool.retention_hours)
     return True
 
 

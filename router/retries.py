@@ -57,9 +57,6 @@ class RetrySchedule:
                  "meta": meta, "attempt": attempt}  # fmt: skip
         self.redis.zadd(SCHEDULED, {json.dumps(entry): time.time() + delay_s})
 
-    def waiting(self) -> int:
-        return int(self.redis.zcard(SCHEDULED)) + int(self.redis.llen(MOVING))
-
     def pump(self, enqueue: Enqueue, now: float | None = None) -> int:
         """Queue every due retry; returns how many were queued."""
         due = self._move(keys=[SCHEDULED, MOVING], args=[now or time.time(), BATCH])

@@ -25,7 +25,7 @@ from router.audit import AuditLog
 from router.config import RouterConfig, destination_syntaxes, load_salt
 from router.exporter import BrokerCollector, start_exporter
 from router.logs import get_logger
-from router.queue import FORWARD_QUEUE, ROUTE_QUEUE, configure, requeue_forward
+from router.queue import FORWARD_QUEUE, ROUTE_QUEUE, configure, enqueue_forward
 from router.retries import RetrySchedule, start_pump_thread
 from router.rules.live import LiveRuleset
 from router.scp import StorageSCP
@@ -101,7 +101,7 @@ def start_retry_pump(cfg: RouterConfig) -> threading.Event:
     client = redis.Redis.from_url(cfg.broker_url, socket_connect_timeout=2, socket_timeout=5)
     return start_pump_thread(
         RetrySchedule(client),
-        requeue_forward,
+        enqueue_forward,
         lambda exc: log.warning("retry pump: broker unavailable", error=type(exc).__name__),
     )
 

@@ -27,7 +27,7 @@ from router.audit import AuditLog
 from router.circuit import Circuits
 from router.config import RouterConfig, destination_syntaxes, load_config, load_salt
 from router.deadletters import DeadLetters
-from router.deliveries import Deliveries
+from router.deliveries import Deliveries, release_instance
 from router.logs import get_logger
 from router.queue import FORWARD_TASK, ROUTE_TASK, app, enqueue_forward
 from router.retries import RetrySchedule
@@ -228,9 +228,7 @@ def _settle_unrouted(
 
 def _finish(rt: Runtime, key: str) -> None:
     """Every destination has the instance: release the original and its changed copies."""
-    for derived in rt.deliveries.take_derived(key):
-        rt.spool.finish(derived, rt.cfg.spool.retention_hours)
-    rt.spool.finish(key, rt.cfg.spool.retention_hours)
+    release_instance(rt.deliveries, rt.spool, key, rt.cfg.spool.retention_hours)
 
 
 def _digest(path: Path) -> str:
