@@ -68,10 +68,26 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from router.queue import FORWARD_QUEUE, ROUTE_QUEUE, configure
 
     app = configure(cfg)
-    from router.service import die_with_parent, start_retry_pump
+    from router.audit import dicom_sink_from_config, install_dicom_sink
+    from router.service import (
+        AUDIT_FLUSH_TIMEOUT_S,
+        PARENT_ENV,
+        die_with_parent,
+        start_audit_sender,
+        start_retry_pump,
+    )
 
+    # Started by `serve`: its sender drains the queue this worker writes to.
+    embedded = PARENT_ENV in os.environ
     die_with_parent()
+    try:
+        audit_sender = None if embedded else start_audit_sender(cfg)
+    except ConfigError as exc:
+        print(f"dicom-router: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     start_retry_pump(cfg)
+    dicom = dicom_sink_from_config(cfg)
+    install_dicom_sink(dicom)  # for the task processes, forked later
     argv = [
         "worker",
         "--queues", f"{ROUTE_QUEUE},{FORWARD_QUEUE}",
@@ -81,7 +97,15 @@ def cmd_worker(args: argparse.Namespace) -> int:
         "--hostname", f"dicom-router-{os.getpid()}@%h",
         "--without-gossip", "--without-mingle",
     ]  # fmt: skip
-    app.worker_main(argv)
+    if dicom is not None:
+        dicom.application(started=True)
+    try:
+        app.worker_main(argv)
+    finally:
+        if dicom is not None:
+            dicom.application(started=False)
+        if audit_sender is not None:
+            audit_sender.stop(AUDIT_FLUSH_TIMEOUT_S)
     return EXIT_OK
 
 

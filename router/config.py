@@ -16,12 +16,20 @@ import ipaddress
 import math
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 DEFAULT_CONFIG_PATH = "router.yaml"
 ENV_PREFIX = "ROUTER_"
@@ -96,9 +104,49 @@ class MetricsConfig(_Strict):
 
 
 class SyslogConfig(_Strict):
-    host: str
+    """Where DICOM audit messages (PS3.15 A.5) go, and how they wait until they can.
+
+    ``port`` defaults to 6514 for TLS (RFC 5425) and 514 for UDP (RFC 5426, PS3.15
+    A.7). ``queue_dir`` holds messages not yet sent; every process of one
+    installation writes there. ``verify: false`` accepts any collector certificate
+    (tests only: it gives up knowing who receives the audit trail).
+    """
+
+    host: str = Field(min_length=1)
     port: int = Field(6514, ge=1, le=65535)
     transport: Literal["tls", "udp"] = "tls"
+    queue_dir: Path = Path("./var/audit-syslog")
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    verify: bool = True
+    source_id: str | None = Field(None, min_length=1)
+    facility: int = Field(10, ge=0, le=23)
+    reconnect_max_delay: float = 30.0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _port_for_transport(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("port") is None and data.get("transport") == "udp":
+            return {**data, "port": 514}
+        return data
+
+    @field_validator("reconnect_max_delay", mode="before")
+    @classmethod
+    def _duration(cls, value: object) -> float:
+        seconds = parse_duration(value)
+        if seconds < 0.1:
+            raise ValueError("must be at least 0.1s")
+        return seconds
+
+    @model_validator(mode="after")
+    def _tls_files(self) -> SyslogConfig:
+        tls_keys = [k for k in ("ca_file", "cert_file", "key_file") if getattr(self, k)]
+        if self.transport == "udp" and tls_keys:
+            raise ValueError(f"{', '.join(tls_keys)}: only for transport: tls")
+        if self.key_file is not None and self.cert_file is None:
+            raise ValueError("key_file needs cert_file (the client certificate)")
+        return self
 
 
 class AuditConfig(_Strict):
@@ -106,6 +154,14 @@ class AuditConfig(_Strict):
     max_mb: float = Field(100, gt=0)
     backups: int = Field(10, ge=1)
     syslog: SyslogConfig | None = None
+
+    def resolved(self, res: Callable[[Path | None], Path | None]) -> AuditConfig:
+        """This section with its relative paths resolved by ``res``."""
+        syslog = self.syslog
+        if syslog is not None:
+            keys = ("queue_dir", "ca_file", "cert_file", "key_file")
+            syslog = syslog.model_copy(update={k: res(getattr(syslog, k)) for k in keys})
+        return self.model_copy(update={"file": res(self.file), "syslog": syslog})
 
 
 class RetryConfig(_Strict):
@@ -218,7 +274,7 @@ def _resolve_paths(cfg: RouterConfig, base: Path) -> RouterConfig:
         "rules": res(cfg.rules),
         "salt_file": res(cfg.salt_file),
         "spool": cfg.spool.model_copy(update={"dir": res(cfg.spool.dir)}),
-        "audit": cfg.audit.model_copy(update={"file": res(cfg.audit.file)}),
+        "audit": cfg.audit.resolved(res),
     }
     if cfg.tls is not None:
         updates["tls"] = cfg.tls.model_copy(

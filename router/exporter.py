@@ -11,7 +11,7 @@ import os
 import threading
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Protocol
 
 import redis
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
@@ -57,7 +57,38 @@ class BrokerCollector:
         yield letters
 
 
-_extra_collectors: list[BrokerCollector] = []
+class AuditSyslogCollector:
+    """``audit_syslog_pending``: DICOM audit messages waiting in the queue directory.
+
+    Counted at scrape time from the directory every process writes to, so it is
+    right whichever process queued the messages and whichever one sends them.
+    """
+
+    def __init__(self, pending: Callable[[], int]) -> None:
+        self.pending = pending
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        try:
+            value = self.pending()
+        except OSError:
+            return
+        yield GaugeMetricFamily(
+            PREFIX + "audit_syslog_pending",
+            "DICOM audit messages queued on disk, not yet sent to the syslog collector.",
+            value=value,
+        )
+
+
+class Collector(Protocol):
+    def collect(self) -> Iterator[GaugeMetricFamily]: ...
+
+
+_extra_collectors: list[Collector] = []
+
+
+def add_collector(collector: Collector) -> None:
+    """Expose ``collector`` on /metrics (of every exporter of this process)."""
+    _extra_collectors.append(collector)
 
 
 def _registry() -> CollectorRegistry:

@@ -48,6 +48,17 @@ end_to_end_seconds = Histogram(
 bytes_forwarded = Counter(
     PREFIX + "bytes_forwarded", "Bytes delivered to destinations.", ["destination"]
 )
+transcode_seconds = Histogram(
+    PREFIX + "transcode_seconds",
+    "Time to convert one instance to another transfer syntax, by target syntax.",
+    ["syntax"],
+    buckets=_SEND_BUCKETS,
+)
+transcode_failures = Counter(
+    PREFIX + "transcode_failures",
+    "Conversions that could not be done (no codec, lossy not allowed, bad pixel data).",
+    ["syntax"],
+)
 associations_active = Gauge(
     PREFIX + "associations_active",
     "Open associations, inbound and outbound.",
@@ -62,4 +73,15 @@ ruleset_info = Gauge(
     "The ruleset version in use (1 for the current version).",
     ["version"],
     multiprocess_mode="livemax",
+)
+audit_syslog_sent = Counter(
+    PREFIX + "audit_syslog_sent", "DICOM audit messages delivered to the syslog collector."
+)
+audit_syslog_failures = Counter(
+    PREFIX + "audit_syslog_failures",
+    "Failed attempts to reach or write to the syslog collector (messages stay queued).",
+)
+audit_syslog_queue_errors = Counter(
+    PREFIX + "audit_syslog_queue_errors",
+    "DICOM audit messages that could not be queued (the JSON audit line was written).",
 )

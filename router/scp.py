@@ -23,8 +23,18 @@ from typing import Any
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import (
+    HEVCM10P51,
+    HEVCMP51,
     HTJ2K,
     JPEG2000,
+    JPEG2000MC,
+    MPEG2MPHL,
+    MPEG2MPML,
+    MPEG4HP41,
+    MPEG4HP41BD,
+    MPEG4HP42STEREO,
+    MPEG4HP422D,
+    MPEG4HP423D,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
@@ -32,6 +42,7 @@ from pydicom.uid import (
     HTJ2KLosslessRPCL,
     ImplicitVRLittleEndian,
     JPEG2000Lossless,
+    JPEG2000MCLossless,
     JPEGBaseline8Bit,
     JPEGExtended12Bit,
     JPEGLossless,
@@ -74,6 +85,19 @@ ACCEPTED_TRANSFER_SYNTAXES = [
     HTJ2KLosslessRPCL,
     HTJ2K,
     RLELossless,
+    # Stored and forwarded as received; the router cannot decode these, so an
+    # instance in one of them reaches only destinations that accept it as is.
+    JPEG2000MCLossless,
+    JPEG2000MC,
+    MPEG2MPML,
+    MPEG2MPHL,
+    MPEG4HP41,
+    MPEG4HP41BD,
+    MPEG4HP422D,
+    MPEG4HP423D,
+    MPEG4HP42STEREO,
+    HEVCMP51,
+    HEVCM10P51,
 ]
 
 # A peer may announce a PDU of up to 4 GiB and pynetdicom would buffer it all;
@@ -239,7 +263,9 @@ class StorageSCP:
         event.assoc.acse.send_reject(0x01, 0x01, diagnostic)
         metrics.instances_rejected.labels("association_not_allowed").inc()
         peer = f"{requestor.address}:{requestor.port}"
-        self.audit.emit("rejected", calling_ae=calling, peer=peer, status=reason)
+        self.audit.emit(
+            "rejected", calling_ae=calling, peer=peer, status=reason, scope="association"
+        )
         log.warning("association rejected", calling_ae=calling, peer=peer, reason=reason)
 
     def _refuse(self, status: Status, reason: str, fields: dict[str, Any]) -> int:
@@ -291,6 +317,13 @@ class StorageSCP:
             return self._refuse(Status.OUT_OF_RESOURCES, "broker_unavailable", fields)
         metrics.instances_received.labels(calling).inc()
         metrics.bytes_received.inc(size)
-        self.audit.emit("received", study_instance_uid=study_uid, status="0x0000", **fields)
+        self.audit.emit(
+            "received",
+            study_instance_uid=study_uid,
+            sop_class_uid=meta["sop_class_uid"],
+            patient_id=str(header.get("PatientID", "")) or None,
+            status="0x0000",
+            **fields,
+        )
         log.debug("received", spool_key=key, **fields)
         return int(Status.SUCCESS)

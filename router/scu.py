@@ -16,6 +16,7 @@ import socket
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -127,8 +128,13 @@ def echo(calling_ae: str, peer: Peer) -> tuple[bool, str]:
 @dataclass
 class _Pooled:
     assoc: Any
-    contexts: frozenset[tuple[str, str]]
+    proposed: frozenset[tuple[str, str]]
+    accepted: frozenset[tuple[str, str]]
     last_used: float
+
+
+Prepare = Callable[[str], Path]
+"""Given the transfer syntax chosen for sending, the file to send in that syntax."""
 
 
 class AssociationPool:
@@ -174,27 +180,30 @@ class AssociationPool:
             for name in list(self._pooled):
                 self._close(name)
 
-    def _association(self, name: str, peer: Peer, context: tuple[str, str]) -> Any:
+    def _association(self, name: str, peer: Peer, needed: list[tuple[str, str]]) -> _Pooled:
+        """An association that has proposed every context in ``needed`` (accepted or not)."""
         pooled = self._pooled.get(name)
-        if pooled is not None and pooled.assoc.is_established and context in pooled.contexts:
+        reusable = pooled is not None and pooled.assoc.is_established
+        if reusable and pooled is not None and pooled.proposed.issuperset(needed):
             if self.slots is not None and peer.max_associations:
                 self.slots.renew(name)
-            return pooled.assoc
+            return pooled
         self._close(name)
         shared = self.slots is not None and peer.max_associations > 0
         if shared and not self.slots.acquire(name, peer.max_associations):  # type: ignore[union-attr]
             raise DeliveryError("all association slots of the destination are in use", busy=True)
         try:
-            return self._open(name, peer, context)
+            return self._open(name, peer, needed)
         except DeliveryError:
             if shared and name not in self._pooled:  # no association holds the slot
                 self.slots.release(name)  # type: ignore[union-attr]
             raise
 
-    def _open(self, name: str, peer: Peer, context: tuple[str, str]) -> Any:
+    def _open(self, name: str, peer: Peer, needed: list[tuple[str, str]]) -> _Pooled:
         wanted = self._wanted.setdefault(name, OrderedDict())
-        wanted[context] = None
-        wanted.move_to_end(context)
+        for context in needed:
+            wanted[context] = None
+            wanted.move_to_end(context)
         while len(wanted) > MAX_CONTEXTS:
             wanted.popitem(last=False)
         ae = _make_ae(self.calling_ae, peer)
@@ -204,37 +213,90 @@ class AssociationPool:
         if not assoc.is_established:
             if assoc.is_rejected:
                 raise DeliveryError("association rejected by the destination", transient=True)
+            if assoc.rejected_contexts and not assoc.accepted_contexts:
+                # It answered, refusing every proposal (pynetdicom then aborts).
+                raise NoContextAcceptedError("the destination accepted no presentation context")
             raise DeliveryError("cannot connect to the destination", transient=True)
         accepted = frozenset(
             (str(cx.abstract_syntax), str(cx.transfer_syntax[0])) for cx in assoc.accepted_contexts
         )
-        self._pooled[name] = _Pooled(assoc, accepted, time.monotonic())
-        if context not in accepted:
-            raise DeliveryError(
-                f"destination does not accept SOP class {context[0]} in transfer syntax "
-                f"{context[1]}",
-                transient=False,
-            )
+        pooled = _Pooled(assoc, frozenset(wanted), accepted, time.monotonic())
+        self._pooled[name] = pooled
         self._start_reaper()
-        return assoc
+        return pooled
 
     def send_file(self, name: str, peer: Peer, path: Path) -> int:
-        """C-STORE the file at ``path``; returns the DIMSE status the destination sent.
-
-        Raises :class:`DeliveryError` when there is no status to return (refused
-        connection, rejected association, abort, timeout).
-        """
+        """C-STORE the file at ``path`` in its own transfer syntax; returns the DIMSE status."""
         meta = read_file_meta_info(path)
-        context = (str(meta.MediaStorageSOPClassUID), str(meta.TransferSyntaxUID))
+        syntax = str(meta.TransferSyntaxUID)
+        status, _sent = self.send(
+            name, peer, str(meta.MediaStorageSOPClassUID), [syntax], lambda _chosen: path
+        )
+        return status
+
+    def send(
+        self,
+        name: str,
+        peer: Peer,
+        sop_class: str,
+        proposals: Sequence[str],
+        prepare: Prepare,
+        refusal: str | None = None,
+    ) -> tuple[int, str]:
+        """Negotiate ``proposals`` for ``sop_class``, then C-STORE what ``prepare`` gives.
+
+        ``prepare`` is called with the first accepted syntax (the next one if it
+        raises :class:`PrepareError`). Returns (DIMSE status, syntax sent). Raises
+        :class:`DeliveryError` when there is no status to return (refused connection,
+        rejected association, nothing acceptable, abort, timeout).
+        """
+        shown = ", ".join(proposals)
+        refusal = refusal or (
+            f"destination does not accept SOP class {sop_class} in transfer syntax {shown}"
+        )
         with self._lock:
-            assoc = self._association(name, peer, context)
             try:
-                response = assoc.send_c_store(path)
+                pooled = self._association(name, peer, [(sop_class, ts) for ts in proposals])
+            except NoContextAcceptedError:
+                raise DeliveryError(refusal, transient=False) from None
+            accepted = [ts for ts in proposals if (sop_class, ts) in pooled.accepted]
+            if not accepted:
+                pooled.last_used = time.monotonic()
+                raise DeliveryError(refusal, transient=False)
+            path, syntax = _prepare_first(accepted, prepare)
+            try:
+                response = pooled.assoc.send_c_store(path)
             except (OSError, RuntimeError) as exc:
                 self._close(name)
                 raise DeliveryError(f"association failed during C-STORE: {exc}") from exc
-            self._pooled[name].last_used = time.monotonic()
+            pooled.last_used = time.monotonic()
             if not response or "Status" not in response:
                 self._close(name)
                 raise DeliveryError("no C-STORE response (abort or timeout)")
-            return int(response.Status)
+            return int(response.Status), syntax
+
+
+class NoContextAcceptedError(DeliveryError):
+    """The destination answered the association request but accepted no context."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason, transient=False)
+
+
+class PrepareError(Exception):
+    """The instance cannot be made available in the syntax asked for; ``reason`` says why."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _prepare_first(accepted: list[str], prepare: Prepare) -> tuple[Path, str]:
+    """The first accepted syntax the instance can be prepared in, with its file."""
+    reasons: list[str] = []
+    for syntax in accepted:
+        try:
+            return prepare(syntax), syntax
+        except PrepareError as exc:
+            reasons.append(exc.reason)
+    raise DeliveryError("; ".join(reasons), transient=False)

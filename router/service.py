@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import threading
@@ -21,20 +22,23 @@ from types import FrameType
 
 import redis
 
-from router.audit import AuditLog
-from router.config import RouterConfig, destination_syntaxes, load_salt
-from router.exporter import BrokerCollector, start_exporter
+from router.audit import audit_log_from_config
+from router.config import ConfigError, RouterConfig, destination_syntaxes, load_salt
+from router.exporter import AuditSyslogCollector, BrokerCollector, add_collector, start_exporter
 from router.logs import get_logger
 from router.queue import FORWARD_QUEUE, ROUTE_QUEUE, configure, enqueue_forward
 from router.retries import RetrySchedule, start_pump_thread
 from router.rules.live import LiveRuleset
 from router.scp import StorageSCP
 from router.spool import Spool
+from router.syslog_out import SyslogQueue, SyslogSender, TlsTransport, Transport, UdpTransport
 
 log = get_logger(__name__)
 
 SWEEP_INTERVAL_S = 60.0
 WORKER_STOP_TIMEOUT_S = 60.0
+AUDIT_FLUSH_TIMEOUT_S = 5.0
+SYSLOG_TIMEOUT_S = 10.0
 
 
 class WorkerProcess:
@@ -106,6 +110,55 @@ def start_retry_pump(cfg: RouterConfig) -> threading.Event:
     )
 
 
+def tls_context(
+    ca_file: Path | None, cert_file: Path | None, key_file: Path | None, verify: bool
+) -> ssl.SSLContext:
+    """Client context for the audit collector: TLS 1.2 or later, the collector checked
+    against ``ca_file`` (or the system's CAs), a client certificate for mutual TLS."""
+    context = ssl.create_default_context(
+        ssl.Purpose.SERVER_AUTH, cafile=str(ca_file) if ca_file else None
+    )
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if not verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    if cert_file is not None:
+        context.load_cert_chain(str(cert_file), str(key_file) if key_file else None)
+    return context
+
+
+def start_audit_sender(cfg: RouterConfig) -> SyslogSender | None:
+    """Send the queued DICOM audit messages from this process (None without audit.syslog).
+
+    Raises ConfigError when the TLS files cannot be loaded: better refused at
+    start-up than an audit trail that silently never leaves the host.
+    """
+    syslog = cfg.audit.syslog
+    if syslog is None:
+        return None
+    host, port = syslog.host, syslog.port
+    for key in ("ca_file", "cert_file", "key_file"):
+        path = getattr(syslog, key)
+        if path is not None and not os.access(path, os.R_OK):
+            raise ConfigError(f"audit.syslog.{key}: cannot read {path}")
+    if syslog.transport == "tls":
+        try:
+            context = tls_context(syslog.ca_file, syslog.cert_file, syslog.key_file, syslog.verify)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"audit.syslog: cannot load the TLS files: {exc}") from exc
+
+        def connect() -> Transport:
+            return TlsTransport(host, port, context, SYSLOG_TIMEOUT_S)
+    else:
+
+        def connect() -> Transport:
+            return UdpTransport(host, port)
+
+    sender = SyslogSender(SyslogQueue(syslog.queue_dir), connect, f"{host}:{port}",
+                          max_delay=syslog.reconnect_max_delay)  # fmt: skip
+    return sender.start()
+
+
 def readiness_check(cfg: RouterConfig, spool: Spool, rules: LiveRuleset) -> list[str]:
     """Reasons the router cannot accept work right now (empty list: ready)."""
     problems = []
@@ -129,7 +182,15 @@ def serve(cfg: RouterConfig, config_path: Path, workers: int) -> int:
     configure(cfg)
     spool = Spool(cfg.spool.dir)
     spool.ensure()
-    audit = AuditLog(cfg.audit.file, int(cfg.audit.max_mb * 1024 * 1024), cfg.audit.backups)
+    audit = audit_log_from_config(cfg)
+    try:
+        audit_sender = start_audit_sender(cfg)
+    except ConfigError as exc:
+        log.error("cannot start", error=str(exc))
+        return 2
+    if cfg.audit.syslog is not None:
+        queue = SyslogQueue(cfg.audit.syslog.queue_dir)
+        add_collector(AuditSyslogCollector(lambda: len(queue.pending())))
     rules = LiveRuleset(cfg.rules, destination_syntaxes(cfg), salt_available=bool(load_salt(cfg)))
     try:
         rules.current()
@@ -165,6 +226,7 @@ def serve(cfg: RouterConfig, config_path: Path, workers: int) -> int:
         metrics_port=exporter.server_address[1],
         workers=workers,
     )
+    audit.application(started=True)
     last_sweep = 0.0
     try:
         while not stop.wait(0.5):
@@ -180,6 +242,9 @@ def serve(cfg: RouterConfig, config_path: Path, workers: int) -> int:
         log.info("listener stopped; stopping the worker")
         if worker is not None:
             worker.stop()
+        audit.application(started=False)
+        if audit_sender is not None:
+            audit_sender.stop(AUDIT_FLUSH_TIMEOUT_S)
         exporter.shutdown()
         log.info("stopped")
     return 0

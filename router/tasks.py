@@ -23,7 +23,7 @@ from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 
 from router import metrics
-from router.audit import AuditLog
+from router.audit import AuditLog, audit_log_from_config
 from router.circuit import Circuits
 from router.config import RouterConfig, destination_syntaxes, load_config, load_salt
 from router.deadletters import DeadLetters
@@ -35,10 +35,12 @@ from router.rules import InstanceView, RulesetError, decide
 from router.rules.actions import ActionContext
 from router.rules.engine import Decision, destinations_by_rule
 from router.rules.live import LiveRuleset
-from router.scu import AssociationPool, DeliveryError, Peer
+from router.scu import AssociationPool
+from router.sending import CIRCUIT_OPEN, SendContext, send_once
 from router.slots import AssociationSlots
 from router.spool import Spool
-from router.status import Outcome, classify, describe
+from router.status import Outcome
+from router.transcode import is_lossy
 
 log = get_logger(__name__)
 
@@ -59,6 +61,8 @@ class Runtime:
     deadletters: DeadLetters
     retries: RetrySchedule
     circuits: Circuits
+    accepts: dict[str, list[str]]
+    """Destination -> the transfer syntax UIDs it lists as accepted (may be empty)."""
 
 
 _runtime: Runtime | None = None
@@ -84,26 +88,26 @@ def _set_runtime(rt: Runtime) -> None:
 
 
 def build_runtime(cfg: RouterConfig) -> Runtime:
-    audit = AuditLog(cfg.audit.file, int(cfg.audit.max_mb * 1024 * 1024), cfg.audit.backups)
+    audit = audit_log_from_config(cfg)
 
     def on_reload(outcome: str, version: str, detail: str) -> None:
         audit.emit("rules_reloaded", status=outcome, ruleset_version=version or None, detail=detail)
 
     salt = load_salt(cfg)
     client = redis.Redis.from_url(cfg.broker_url)
+    accepts = destination_syntaxes(cfg)
     return Runtime(
         cfg=cfg,
         spool=Spool(cfg.spool.dir),
         audit=audit,
-        rules=LiveRuleset(
-            cfg.rules, destination_syntaxes(cfg), on_reload=on_reload, salt_available=bool(salt)
-        ),
+        rules=LiveRuleset(cfg.rules, accepts, on_reload=on_reload, salt_available=bool(salt)),
         deliveries=Deliveries(client),
         pool=AssociationPool(cfg.ae_title, slots=AssociationSlots(client)),
         salt=salt,
         deadletters=DeadLetters(client),
         retries=RetrySchedule(client),
         circuits=Circuits(client),
+        accepts=accepts,
     )
 
 
@@ -156,6 +160,8 @@ def route(key: str, meta: dict[str, Any]) -> None:
     common = {
         "sop_instance_uid": sop_uid,
         "study_instance_uid": meta.get("study_instance_uid"),
+        "sop_class_uid": meta.get("sop_class_uid"),
+        "patient_id": str(dataset.get("PatientID", "")) or None,
         "calling_ae": meta.get("calling_ae"),
         "peer": meta.get("peer"),
         "ruleset_version": ruleset.version,
@@ -171,9 +177,11 @@ def route(key: str, meta: dict[str, Any]) -> None:
     rt.deliveries.expect(key, decision.destinations, since)
     for destination, rule_name in decision.destinations.items():
         rt.audit.emit("routed", rule=rule_name, destination=destination, **common)
-        enqueue_forward(
-            key, destination, {**meta, "rule": rule_name, "send_key": send_keys[rule_name]}
-        )
+        forward_meta = {**meta, "rule": rule_name, "send_key": send_keys[rule_name]}
+        target = decision.actions[rule_name].transfer_syntax
+        if target is not None:
+            forward_meta.update(transcode=target, allow_lossy=is_lossy(target))
+        enqueue_forward(key, destination, forward_meta)
     log.debug(
         "routed",
         spool_key=key,
@@ -231,6 +239,14 @@ def _finish(rt: Runtime, key: str) -> None:
     release_instance(rt.deliveries, rt.spool, key, rt.cfg.spool.retention_hours)
 
 
+def _patient_id(path: Path) -> str | None:
+    try:
+        header = dcmread(path, stop_before_pixels=True, specific_tags=["PatientID"])
+    except (InvalidDicomError, OSError, ValueError):
+        return None
+    return str(header.get("PatientID", "")) or None
+
+
 def _digest(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -247,6 +263,7 @@ def forward(key: str, destination: str, meta: dict[str, Any], attempt: int = 1) 
     audit_fields = {
         "sop_instance_uid": sop_uid,
         "study_instance_uid": meta.get("study_instance_uid"),
+        "sop_class_uid": meta.get("sop_class_uid"),
         "calling_ae": meta.get("calling_ae"),
         "peer": meta.get("peer"),
         "rule": meta.get("rule"),
@@ -260,6 +277,8 @@ def forward(key: str, destination: str, meta: dict[str, Any], attempt: int = 1) 
         log.error("forward: cannot deliver", spool_key=key, destination=destination, reason=reason)
         rt.audit.emit("forward_failed", status=reason, **audit_fields)
         return
+    if rt.audit.dicom is not None:  # DICOM audit messages name the patient (PS3.15 A.5.3)
+        audit_fields["patient_id"] = _patient_id(path)
     digest = _digest(path)
     if rt.deliveries.already_delivered(destination, sop_uid, digest):
         log.info("forward: already delivered, not sending again", spool_key=key,
@@ -272,11 +291,18 @@ def forward(key: str, destination: str, meta: dict[str, Any], attempt: int = 1) 
         # Known not to answer: this attempt fails without touching the network.
         outcome, status_text = Outcome.RETRY, CIRCUIT_OPEN
     else:
-        attempted = _send(rt, destination, path)
+        attempted = send_once(
+            SendContext(rt.cfg.destinations[destination], rt.accepts.get(destination, []),
+                        rt.pool, rt.circuits, rt.spool.tmp),
+            destination, path, meta,
+        )  # fmt: skip
         if attempted is None:  # other workers hold every slot: wait a moment, not an attempt
             rt.retries.schedule(key, destination, meta, attempt, random.uniform(0.2, 1.0))
             return
-        outcome, status_text = attempted
+        outcome, status_text = attempted.outcome, attempted.status_text
+        audit_fields["transfer_syntax"] = attempted.sent_as
+        if attempted.sent_uid not in (None, sop_uid):  # lossy conversion: a new instance
+            audit_fields["delivered_sop_instance_uid"] = attempted.sent_uid
     metrics.forward.labels(destination, outcome.value).inc()
     if outcome in (Outcome.SUCCESS, Outcome.WARNING):
         size = path.stat().st_size
@@ -301,29 +327,6 @@ def forward(key: str, destination: str, meta: dict[str, Any], attempt: int = 1) 
         return
     reason = "permanent failure" if outcome == Outcome.FAILED else "retries exhausted"
     _give_up(rt, key, destination, meta, reason, status_text, attempt, audit_fields)
-
-
-CIRCUIT_OPEN = "destination not answering (circuit open)"
-
-
-def _send(rt: Runtime, destination: str, path: Path) -> tuple[Outcome, str] | None:
-    """One C-STORE attempt: (outcome, status text), or None when no slot is free."""
-    dest_cfg = rt.cfg.destinations[destination]
-    peer = Peer(dest_cfg.ae_title, dest_cfg.host, dest_cfg.port, dest_cfg.timeout,
-                dest_cfg.max_associations)  # fmt: skip
-    started = time.monotonic()
-    try:
-        status = rt.pool.send_file(destination, peer, path)
-    except DeliveryError as exc:
-        if exc.busy:
-            return None
-        if exc.transient:
-            rt.circuits.failed(destination)
-        return (Outcome.RETRY if exc.transient else Outcome.FAILED), exc.reason
-    finally:
-        metrics.forward_seconds.labels(destination).observe(time.monotonic() - started)
-    rt.circuits.succeeded(destination)
-    return classify(status), describe(status)
 
 
 def _give_up(

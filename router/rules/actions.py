@@ -21,24 +21,15 @@ from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.tag import BaseTag
-from pydicom.uid import UID, UID_dictionary  # type: ignore[attr-defined]
+from pydicom.uid import UID_dictionary  # type: ignore[attr-defined]
 
 from router.rules.conditions import ASSOCIATION_SUBJECTS, CompileErrors, resolve_element
 from router.rules.keyed import hash_text, remap_uid
 from router.rules.yamlsource import LineDict, LineList
+from router.transcode import TRANSFER_SYNTAX_NAMES, syntax_uid
 
 ACTIONS = ("set", "delete", "rewrite", "copy", "hash", "uid_remap", "deidentify", "transcode")
 KEYED_ACTIONS = ("hash", "uid_remap", "deidentify")
-TRANSFER_SYNTAX_NAMES = {
-    "explicit-little": "1.2.840.10008.1.2.1",
-    "implicit-little": "1.2.840.10008.1.2",
-    "deflated": "1.2.840.10008.1.2.1.99",
-    "rle": "1.2.840.10008.1.2.5",
-    "jpeg-ls-lossless": "1.2.840.10008.1.2.4.80",
-    "jpeg2000-lossless": "1.2.840.10008.1.2.4.90",
-    "jpeg2000": "1.2.840.10008.1.2.4.91",
-    "jpeg-baseline": "1.2.840.10008.1.2.4.50",
-}
 _TAG_PATTERN = re.compile(r"^\(\s*([0-9A-Fa-fxX]{4})\s*,\s*([0-9A-Fa-fxX]{4})\s*\)$")
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 _TEXT_VRS = {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM",
@@ -385,11 +376,7 @@ def _compile_deidentify(spec: Any, line: int, errors: CompileErrors) -> list[App
 
 def transfer_syntax_uid(name: str) -> str | None:
     """The UID for a syntax name (or a UID given directly), None if unknown."""
-    if name in TRANSFER_SYNTAX_NAMES:
-        return TRANSFER_SYNTAX_NAMES[name]
-    if _UID.match(name) and UID(name).is_transfer_syntax:
-        return name
-    return None
+    return syntax_uid(name)
 
 
 _COMPILERS: dict[str, Callable[[Any, int, CompileErrors], list[Apply]]] = {

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from router.rules.actions import CompiledActions, compile_actions
 from router.rules.conditions import Clause, CompileErrors, Predicate, compile_match
 from router.rules.yamlsource import LineDict, SourceError, line_of, load_yaml
+from router.transcode import can_encode, syntax_name
 
 TEST_SUFFIX = "_test.yaml"
 
@@ -116,12 +117,13 @@ def _compile_rule(
     actions = compile_actions(raw.get("actions"), raw.key_lines.get("actions", line), action_errors)
     for problem in action_errors.problems:
         problems.append(SourceError(file, problem.line, f"rule {model.name!r}: {problem.message}"))
-    if actions.transfer_syntax is not None:
+    if actions.transfer_syntax is not None and not can_encode(actions.transfer_syntax):
         problems.append(
             SourceError(
                 file,
                 raw.key_lines.get("actions", line),
-                f"rule {model.name!r}: transcode: conversion is not available in this release",
+                f"rule {model.name!r}: transcode: no encoder is installed for "
+                f"{syntax_name(actions.transfer_syntax)}",
             )
         )
     return CompiledRule(

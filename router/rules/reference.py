@@ -8,8 +8,9 @@ Regenerate with ``dicom-router rules reference > docs/rules-reference.md``.
 
 from __future__ import annotations
 
-from router.rules.actions import ACTIONS, TRANSFER_SYNTAX_NAMES
+from router.rules.actions import ACTIONS
 from router.rules.conditions import ASSOCIATION_SUBJECTS, COMBINATORS, OPERATORS
+from router.transcode import TRANSFER_SYNTAX_NAMES
 
 OPERATOR_DOCS: dict[str, tuple[str, str]] = {
     "equals": ("a value equals the operand (numbers numerically, dates as dates)",
