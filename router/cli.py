@@ -63,6 +63,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     cfg = _load(args)
+    _multiprocess_metrics_dir()  # a standalone worker sums its own pool processes
     os.environ["ROUTER_CONFIG"] = str(cfg.source)
     from router import tasks  # noqa: F401 - registers the tasks
     from router.queue import FORWARD_QUEUE, ROUTE_QUEUE, configure
@@ -86,6 +87,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
         print(f"dicom-router: {exc}", file=sys.stderr)
         return EXIT_USAGE
     start_retry_pump(cfg)
+    port = args.metrics_port if args.metrics_port is not None else cfg.metrics.worker_port
+    if not embedded and port is not None:  # embedded workers are counted by `serve`
+        from router.service import start_worker_exporter
+
+        start_worker_exporter(cfg, port)
     dicom = dicom_sink_from_config(cfg)
     install_dicom_sink(dicom)  # for the task processes, forked later
     argv = [
@@ -323,6 +329,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     worker = sub.add_parser("worker", help="run a routing/forwarding worker")
     worker.add_argument("--concurrency", type=int, default=2)
+    worker.add_argument(
+        "--metrics-port", type=int, default=None,
+        help="serve /metrics, /healthz and /readyz here (default: metrics.worker_port)",
+    )  # fmt: skip
     worker.set_defaults(func=cmd_worker)
 
     echo = sub.add_parser("echo", help="C-ECHO a destination name or AET@host:port")

@@ -101,6 +101,8 @@ class ClientTLSConfig(_Strict):
 class MetricsConfig(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(9102, ge=0, le=65535)
+    worker_port: int | None = Field(9103, ge=0, le=65535)
+    """Metrics port of a standalone ``dicom-router worker`` (None: no endpoint)."""
 
 
 class SyslogConfig(_Strict):

@@ -177,6 +177,21 @@ def readiness_check(cfg: RouterConfig, spool: Spool, rules: LiveRuleset) -> list
     return problems
 
 
+def start_worker_exporter(cfg: RouterConfig, port: int) -> None:
+    """The metrics endpoint of a standalone worker: its own processes' metrics, the
+    broker's queue depths, and readiness (broker, spool, rules) as for ``serve``."""
+    spool = Spool(cfg.spool.dir)
+    rules = LiveRuleset(cfg.rules, destination_syntaxes(cfg), salt_available=bool(load_salt(cfg)))
+    broker = BrokerCollector(
+        redis.Redis.from_url(cfg.broker_url, socket_connect_timeout=1, socket_timeout=2),
+        (ROUTE_QUEUE, FORWARD_QUEUE),
+    )
+    server = start_exporter(
+        cfg.metrics.host, port, lambda: readiness_check(cfg, spool, rules), broker
+    )
+    log.info("worker metrics listening", host=cfg.metrics.host, port=server.server_address[1])
+
+
 def serve(cfg: RouterConfig, config_path: Path, workers: int) -> int:
     """Run until SIGTERM/SIGINT; returns the process exit code."""
     configure(cfg)

@@ -8,16 +8,20 @@ records the outcome. Both receive spool keys and a few UIDs, never pixel data.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import random
 import time
+from collections.abc import Callable
 from copy import deepcopy
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec
 
+import kombu.exceptions
 import redis
+from celery.exceptions import Reject
 from celery.signals import worker_process_shutdown
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
@@ -43,6 +47,7 @@ from router.status import Outcome
 from router.transcode import is_lossy
 
 log = get_logger(__name__)
+P = ParamSpec("P")
 
 RULES_UNAVAILABLE_RETRY_S = 10.0
 
@@ -122,6 +127,35 @@ def _close_associations(**_kwargs: Any) -> None:
             log.warning("could not close associations at shutdown", error=str(exc))
 
 
+BROKER_ERRORS: tuple[type[BaseException], ...] = (
+    redis.ConnectionError,
+    redis.TimeoutError,
+    kombu.exceptions.OperationalError,
+)
+
+
+def _hand_back_on_broker_error(task: Callable[P, None]) -> Callable[P, None]:
+    """A task that loses Redis half-way is put back on its queue, not acknowledged.
+
+    With ``acks_late`` a task that raises is acknowledged as failed, and its
+    instance would wait in ``dr:pending`` with no task left to carry it. Rejecting
+    with requeue gives the message back when Redis still answers; when it does not,
+    the message stays unacknowledged in Redis and returns after the visibility
+    timeout. Running a task again is safe: deliveries are idempotent.
+    """
+
+    @functools.wraps(task)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> None:
+        try:
+            task(*args, **kwargs)
+        except BROKER_ERRORS as exc:
+            log.warning("broker unavailable; task handed back to the queue",
+                        task=task.__name__, error=type(exc).__name__)  # fmt: skip
+            raise Reject(type(exc).__name__, requeue=True) from exc
+
+    return wrapper
+
+
 def backoff_delay(attempt: int, initial: float, maximum: float) -> float:
     """Exponential backoff with full jitter: uniform in [0, min(max, initial * 2^(n-1))]."""
     exponent = min(max(0, attempt - 1), 62)  # beyond this every ceiling is `maximum`
@@ -130,6 +164,7 @@ def backoff_delay(attempt: int, initial: float, maximum: float) -> float:
 
 
 @app.task(name=ROUTE_TASK)  # type: ignore[untyped-decorator]
+@_hand_back_on_broker_error
 def route(key: str, meta: dict[str, Any]) -> None:
     """Decide the destinations of one spooled instance and queue a forward for each."""
     rt = runtime()
@@ -256,6 +291,7 @@ def _digest(path: Path) -> str:
 
 
 @app.task(name=FORWARD_TASK)  # type: ignore[untyped-decorator]
+@_hand_back_on_broker_error
 def forward(key: str, destination: str, meta: dict[str, Any], attempt: int = 1) -> None:
     """Deliver one spooled instance to one destination, once."""
     rt = runtime()

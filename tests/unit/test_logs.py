@@ -139,3 +139,45 @@ def test_console_output_also_redacts(capsys: pytest.CaptureFixture[str]) -> None
     assert "stored" in out and "CT1" in out
     assert "DOE^JOHN" not in out
     assert REDACTED in out
+
+
+_LOG_ONE_LINE = (
+    "from router.logs import configure_logging, get_logger\n"
+    "configure_logging('INFO')\n"
+    "get_logger('router.test').info('forwarded', destination='pacs', patient_id='SECRET-42')\n"
+)
+
+
+def test_terminal_gets_console_lines_and_pipes_get_json() -> None:
+    """The format follows stdout: a terminal reads ``key=value`` text, anything else JSON."""
+    import json
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    piped = subprocess.run([sys.executable, "-c", _LOG_ONE_LINE], capture_output=True, text=True,
+                           timeout=60, check=True)  # fmt: skip
+    record = json.loads(piped.stdout.strip().splitlines()[-1])
+    assert record["event"] == "forwarded" and record["destination"] == "pacs"
+    assert "SECRET-42" not in piped.stdout
+
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-c", _LOG_ONE_LINE], stdout=follower,
+                            stderr=subprocess.DEVNULL)  # fmt: skip
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(leader, 4096)
+        except OSError:  # the terminal closed: the child is done
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    proc.wait(timeout=60)
+    os.close(leader)
+    text = b"".join(chunks).decode()
+    assert "forwarded" in text and "destination=pacs" in text
+    assert not text.lstrip().startswith("{"), text
+    assert "SECRET-42" not in text
