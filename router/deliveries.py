@@ -9,8 +9,10 @@ redelivered forward task a no-op instead of a second send.
 
 from __future__ import annotations
 
+import json
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import redis
 
@@ -22,6 +24,11 @@ DELIVERED_TTL_S = 7 * 24 * 3600
 
 def pending_key(spool_key: str) -> str:
     return f"{PREFIX}pending:{spool_key}"
+
+
+def task_key(spool_key: str) -> str:
+    """Per destination, the forward task's arguments: enough to queue it again."""
+    return f"{PREFIX}task:{spool_key}"
 
 
 def derived_key(spool_key: str) -> str:
@@ -52,12 +59,35 @@ class Deliveries:
         self.redis = client
 
     def expect(
-        self, spool_key: str, destinations: Iterable[str], since: float | None = None
+        self,
+        spool_key: str,
+        destinations: Iterable[str],
+        since: float | None = None,
+        tasks: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> None:
-        """Record the destinations an instance must reach (idempotent), and since when."""
+        """Record the destinations an instance must reach (idempotent), and since when.
+
+        ``tasks`` (destination -> forward metadata) lets a delivery whose task was
+        lost be queued again (router/stalled.py).
+        """
         fields = {dest: f"queued@{since or time.time()}" for dest in destinations}
-        if fields:
-            self.redis.hset(pending_key(spool_key), mapping=fields)  # type: ignore[arg-type]
+        if not fields:
+            return
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hset(pending_key(spool_key), mapping=fields)  # type: ignore[arg-type]
+        if tasks:
+            encoded = {dest: json.dumps(meta) for dest, meta in tasks.items()}
+            pipe.hset(task_key(spool_key), mapping=encoded)  # type: ignore[arg-type]
+        pipe.execute()
+
+    def retrying(self, spool_key: str, destination: str, due: float) -> None:
+        """The delivery waits in the retry schedule until ``due``: not stalled before."""
+        self.redis.hset(pending_key(spool_key), destination, f"retry@{due}")
+
+    def task_meta(self, spool_key: str, destination: str) -> dict[str, Any] | None:
+        """The forward metadata recorded for a delivery, if any."""
+        raw = self.redis.hget(task_key(spool_key), destination)
+        return json.loads(raw) if raw else None
 
     def add_derived(self, spool_key: str, derived: str) -> None:
         """Remember a rule's changed copy, removed with the original once all are delivered."""
@@ -83,6 +113,7 @@ class Deliveries:
         pipe.set(delivered_key(destination, sop_instance_uid, digest), "1", ex=DELIVERED_TTL_S)
         pipe.hdel(pending_key(spool_key), destination)
         pipe.hlen(pending_key(spool_key))
+        pipe.hdel(task_key(spool_key), destination)
         # For "delivered in the last hour" in `dicom-router status`.
         log_key = delivered_log_key(destination)
         pipe.zadd(log_key, {f"{spool_key}:{now}": now})
@@ -90,22 +121,30 @@ class Deliveries:
         results = pipe.execute()
         return int(results[2]) == 0
 
-    def fail_over(self, spool_key: str, destination: str, alternate: str) -> None:
+    def fail_over(
+        self, spool_key: str, destination: str, alternate: str, meta: Mapping[str, Any]
+    ) -> None:
         """The alternate now owes this instance instead of the exhausted destination."""
         pipe = self.redis.pipeline(transaction=True)
         pipe.hdel(pending_key(spool_key), destination)
         pipe.hset(pending_key(spool_key), alternate, f"alternate-of-{destination}@{time.time()}")
+        pipe.hdel(task_key(spool_key), destination)
+        pipe.hset(task_key(spool_key), alternate, json.dumps(meta))
         pipe.execute()
 
-    def requeued(self, spool_key: str, destination: str) -> None:
-        """A dead letter goes back on the normal path."""
-        self.redis.hset(pending_key(spool_key), destination, f"queued@{time.time()}")
+    def requeued(self, spool_key: str, destination: str, meta: Mapping[str, Any]) -> None:
+        """A dead letter (or a stalled delivery) goes back on the normal path."""
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hset(pending_key(spool_key), destination, f"queued@{time.time()}")
+        pipe.hset(task_key(spool_key), destination, json.dumps(meta))
+        pipe.execute()
 
     def drop(self, spool_key: str, destination: str) -> bool:
         """Forget a destination (purged dead letter); True if nothing else is pending."""
         pipe = self.redis.pipeline(transaction=True)
         pipe.hdel(pending_key(spool_key), destination)
         pipe.hlen(pending_key(spool_key))
+        pipe.hdel(task_key(spool_key), destination)
         return int(pipe.execute()[1]) == 0
 
 

@@ -59,6 +59,11 @@ transcode_failures = Counter(
     "Conversions that could not be done (no codec, lossy not allowed, bad pixel data).",
     ["syntax"],
 )
+deliveries_resumed = Counter(
+    PREFIX + "deliveries_resumed",
+    "Deliveries queued again because their task was lost (see router/stalled.py).",
+    ["destination"],
+)
 associations_active = Gauge(
     PREFIX + "associations_active",
     "Open associations, inbound and outbound.",

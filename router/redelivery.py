@@ -17,8 +17,8 @@ from router.spool import Spool
 
 def retry(letter: DeadLetter, deliveries: Deliveries) -> None:
     """Queue the delivery again; the letter has already been taken from the store."""
-    deliveries.requeued(letter.spool_key, letter.destination)
     meta = {k: v for k, v in letter.meta.items() if k != "alternate_of"}
+    deliveries.requeued(letter.spool_key, letter.destination, meta)
     enqueue_forward(letter.spool_key, letter.destination, meta, attempt=1)
 
 

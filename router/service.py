@@ -20,17 +20,26 @@ import time
 from pathlib import Path
 from types import FrameType
 
+import kombu.exceptions
 import redis
 
 from router.audit import audit_log_from_config
 from router.config import ConfigError, RouterConfig, destination_syntaxes, load_salt
+from router.deliveries import Deliveries
 from router.exporter import AuditSyslogCollector, BrokerCollector, add_collector, start_exporter
 from router.logs import get_logger
-from router.queue import FORWARD_QUEUE, ROUTE_QUEUE, configure, enqueue_forward
+from router.queue import (
+    FORWARD_QUEUE,
+    ROUTE_QUEUE,
+    configure,
+    enqueue_forward,
+    visibility_timeout,
+)
 from router.retries import RetrySchedule, start_pump_thread
 from router.rules.live import LiveRuleset
 from router.scp import StorageSCP
 from router.spool import Spool
+from router.stalled import requeue_stalled
 from router.syslog_out import SyslogQueue, SyslogSender, TlsTransport, Transport, UdpTransport
 
 log = get_logger(__name__)
@@ -108,6 +117,27 @@ def start_retry_pump(cfg: RouterConfig) -> threading.Event:
         enqueue_forward,
         lambda exc: log.warning("retry pump: broker unavailable", error=type(exc).__name__),
     )
+
+
+STALLED_SWEEP_INTERVAL_S = 15.0
+
+
+def start_stalled_sweeper(cfg: RouterConfig) -> threading.Event:
+    """Queue again, from this process, deliveries whose task was lost (router/stalled.py)."""
+    client = redis.Redis.from_url(cfg.broker_url, socket_connect_timeout=2, socket_timeout=10)
+    deliveries = Deliveries(client)
+    older_than = 2 * visibility_timeout(cfg)
+    stop = threading.Event()
+
+    def run() -> None:
+        while not stop.wait(STALLED_SWEEP_INTERVAL_S):
+            try:
+                requeue_stalled(client, deliveries, older_than)
+            except (redis.RedisError, kombu.exceptions.OperationalError) as exc:
+                log.warning("stalled-delivery sweep: broker unavailable", error=type(exc).__name__)
+
+    threading.Thread(target=run, name="stalled-sweep", daemon=True).start()
+    return stop
 
 
 def tls_context(
@@ -223,6 +253,7 @@ def serve(cfg: RouterConfig, config_path: Path, workers: int) -> int:
     scp = StorageSCP(cfg, spool, audit)
     scp.start()
     pump = start_retry_pump(cfg)
+    sweeper = start_stalled_sweeper(cfg)
     broker = BrokerCollector(
         redis.Redis.from_url(cfg.broker_url, socket_connect_timeout=1, socket_timeout=2),
         (ROUTE_QUEUE, FORWARD_QUEUE),
@@ -253,6 +284,7 @@ def serve(cfg: RouterConfig, config_path: Path, workers: int) -> int:
                 spool.sweep_tmp()
     finally:
         pump.set()
+        sweeper.set()
         scp.stop()
         log.info("listener stopped; stopping the worker")
         if worker is not None:

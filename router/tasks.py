@@ -209,13 +209,16 @@ def route(key: str, meta: dict[str, Any]) -> None:
     send_keys = _outputs(rt, key, path, decision, view)
     received_at = meta.get("received_at")
     since = float(received_at) if isinstance(received_at, int | float) else None
-    rt.deliveries.expect(key, decision.destinations, since)
+    tasks = {}
     for destination, rule_name in decision.destinations.items():
-        rt.audit.emit("routed", rule=rule_name, destination=destination, **common)
         forward_meta = {**meta, "rule": rule_name, "send_key": send_keys[rule_name]}
         target = decision.actions[rule_name].transfer_syntax
         if target is not None:
             forward_meta.update(transcode=target, allow_lossy=is_lossy(target))
+        tasks[destination] = forward_meta
+    rt.deliveries.expect(key, decision.destinations, since, tasks)
+    for destination, forward_meta in tasks.items():
+        rt.audit.emit("routed", rule=forward_meta["rule"], destination=destination, **common)
         enqueue_forward(key, destination, forward_meta)
     log.debug(
         "routed",
@@ -333,7 +336,7 @@ def forward(key: str, destination: str, meta: dict[str, Any], attempt: int = 1) 
             destination, path, meta,
         )  # fmt: skip
         if attempted is None:  # other workers hold every slot: wait a moment, not an attempt
-            rt.retries.schedule(key, destination, meta, attempt, random.uniform(0.2, 1.0))
+            _schedule(rt, key, destination, meta, attempt, random.uniform(0.2, 1.0))
             return
         outcome, status_text = attempted.outcome, attempted.status_text
         audit_fields["transfer_syntax"] = attempted.sent_as
@@ -359,10 +362,18 @@ def forward(key: str, destination: str, meta: dict[str, Any], attempt: int = 1) 
         log.warning("forward failed; will retry", spool_key=key, destination=destination,
                     sop_instance_uid=sop_uid, status=status_text, attempt=attempt,
                     retry_in_s=round(delay, 2))  # fmt: skip
-        rt.retries.schedule(key, destination, meta, attempt + 1, delay)
+        _schedule(rt, key, destination, meta, attempt + 1, delay)
         return
     reason = "permanent failure" if outcome == Outcome.FAILED else "retries exhausted"
     _give_up(rt, key, destination, meta, reason, status_text, attempt, audit_fields)
+
+
+def _schedule(
+    rt: Runtime, key: str, destination: str, meta: dict[str, Any], attempt: int, delay: float
+) -> None:
+    """Put the delivery in the retry schedule, and say so in its pending entry."""
+    rt.retries.schedule(key, destination, meta, attempt, delay)
+    rt.deliveries.retrying(key, destination, time.time() + delay)
 
 
 def _give_up(
@@ -379,11 +390,12 @@ def _give_up(
     dest_cfg = rt.cfg.destinations[destination]
     alternate = dest_cfg.alternate
     if alternate is not None and not meta.get("alternate_of"):
-        rt.deliveries.fail_over(key, destination, alternate)
+        alternate_meta = {**meta, "alternate_of": destination}
+        rt.deliveries.fail_over(key, destination, alternate, alternate_meta)
         log.warning("forward failed; sending to the alternate destination", spool_key=key,
                     destination=destination, alternate=alternate, reason=reason,
                     status=status_text)  # fmt: skip
-        enqueue_forward(key, alternate, {**meta, "alternate_of": destination})
+        enqueue_forward(key, alternate, alternate_meta)
         return
     letter = rt.deadletters.add(key, destination, reason, status_text, attempt, meta)
     rt.audit.emit(

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import resource
 import statistics
-import struct
 import subprocess
 import sys
 import tempfile
@@ -28,13 +27,9 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import write_dataset, write_file_meta_info
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from router.transcode import convert_file
-from tests.support.synthetic import write_ct_series
+from tests.support.synthetic import write_ct_series, write_native_multiframe
 
 SLICES_TARGET = 40.0
 RSS_TARGET_MB = 400.0
@@ -66,37 +61,15 @@ def write_large_instance(path: Path, template: Path, frames: int) -> int:
     """A native multi-frame CT-like instance built from ``template``, frame by frame."""
     slice_ = pydicom.dcmread(template)
     base = slice_.pixel_array.astype(np.int16)
-    ds = Dataset()
-    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.7.3"  # Multi-frame Grayscale Word SC
-    ds.SOPInstanceUID = generate_uid()
-    ds.StudyInstanceUID = slice_.StudyInstanceUID
-    ds.SeriesInstanceUID = generate_uid()
-    ds.PatientID = slice_.PatientID
-    ds.Modality = "CT"
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.NumberOfFrames = frames
-    ds.Rows, ds.Columns = base.shape
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
-    ds.PixelRepresentation = 1
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = ds.SOPClassUID
-    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    header = DicomBytesIO()
-    header.is_little_endian, header.is_implicit_VR = True, False
-    header.write(b"\x00" * 128 + b"DICM")
-    write_file_meta_info(header, meta)
-    write_dataset(header, ds)
-    length = base.nbytes * frames
-    header.write(struct.pack("<HH2sHL", 0x7FE0, 0x0010, b"OW", 0, length))
     rng = np.random.default_rng(0)
-    with path.open("wb") as fp:
-        fp.write(header.getvalue())
-        for index in range(frames):
-            noise = rng.integers(-20, 21, size=base.shape, dtype=np.int16)
-            fp.write(np.roll(base + noise, index % 64, axis=0).astype("<i2").tobytes())
-    return path.stat().st_size
+
+    def frame(index: int) -> np.ndarray:
+        noise = rng.integers(-20, 21, size=base.shape, dtype=np.int16)
+        return np.roll(base + noise, index % 64, axis=0)
+
+    return write_native_multiframe(path, frames, frame, signed=True, modality="CT",
+                                   patient_id=str(slice_.PatientID),
+                                   study_instance_uid=str(slice_.StudyInstanceUID))  # fmt: skip
 
 
 def main() -> None:

@@ -8,12 +8,15 @@ get_testdata_file(s)`` is never called because it may try to download files.
 from __future__ import annotations
 
 import datetime
+import struct
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.filewriter import dcmwrite
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import dcmwrite, write_dataset, write_file_meta_info
 from pydicom.uid import (
     PYDICOM_IMPLEMENTATION_UID,
     UID,
@@ -27,6 +30,7 @@ __all__ = [
     "pydicom_test_files",
     "pydicom_test_files_dir",
     "write_ct_series",
+    "write_native_multiframe",
 ]
 
 
@@ -289,3 +293,49 @@ def pydicom_test_files() -> list[Path]:
     if missing:
         raise FileNotFoundError(f"pydicom test files missing from {base}: {', '.join(missing)}")
     return paths
+
+
+def write_native_multiframe(
+    path: Path,
+    frames: int,
+    frame: Callable[[int], np.ndarray],
+    *,
+    bits_stored: int = 16,
+    signed: bool = False,
+    patient_id: str = "MULTIFRAME",
+    modality: str = "OT",
+    study_instance_uid: str | None = None,
+) -> int:
+    """A native multi-frame grey instance (explicit VR little endian), written frame by
+    frame so that a gigabyte-sized instance never sits in memory. ``frame(i)`` gives
+    frame ``i`` as a 2-D 16-bit array; all frames share its shape. Returns the size."""
+    first = frame(0)
+    ds = Dataset()
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.7.3"  # Multi-frame Grayscale Word SC
+    ds.SOPInstanceUID = generate_uid()
+    ds.StudyInstanceUID = study_instance_uid or generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
+    ds.PatientID = patient_id
+    ds.Modality = modality
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.NumberOfFrames = frames
+    ds.Rows, ds.Columns = first.shape
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, bits_stored, bits_stored - 1
+    ds.PixelRepresentation = 1 if signed else 0
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    header = DicomBytesIO()
+    header.is_little_endian, header.is_implicit_VR = True, False
+    header.write(b"\x00" * 128 + b"DICM")
+    write_file_meta_info(header, meta)
+    write_dataset(header, ds)
+    header.write(struct.pack("<HH2sHL", 0x7FE0, 0x0010, b"OW", 0, first.nbytes * frames))
+    dtype = "<i2" if signed else "<u2"
+    with path.open("wb") as fp:
+        fp.write(header.getvalue())
+        for index in range(frames):
+            fp.write(np.asarray(frame(index)).astype(dtype).tobytes())
+    return path.stat().st_size

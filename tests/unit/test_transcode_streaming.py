@@ -15,14 +15,11 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import write_dataset, write_file_meta_info
 from pydicom.pixels import iter_pixels
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 import router.transcode.writer as writer_module
 from router.transcode import convert_file
+from tests.support.synthetic import write_native_multiframe
 
 ROWS = COLUMNS = 512
 FRAME_BYTES = ROWS * COLUMNS * 2
@@ -40,33 +37,7 @@ def frame(index: int) -> np.ndarray:
 
 def write_multiframe(path: Path, frames: int) -> None:
     """A native Explicit VR Little Endian multi-frame instance, written frame by frame."""
-    ds = Dataset()
-    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.7.3"  # Multi-frame Grayscale Word SC
-    ds.SOPInstanceUID = generate_uid()
-    ds.StudyInstanceUID = generate_uid()
-    ds.SeriesInstanceUID = generate_uid()
-    ds.PatientID = "STREAM"
-    ds.Modality = "OT"
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.NumberOfFrames = frames
-    ds.Rows, ds.Columns = ROWS, COLUMNS
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 12, 11
-    ds.PixelRepresentation = 0
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = ds.SOPClassUID
-    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    header = DicomBytesIO()
-    header.is_little_endian, header.is_implicit_VR = True, False
-    header.write(b"\x00" * 128 + b"DICM")
-    write_file_meta_info(header, meta)
-    write_dataset(header, ds)
-    header.write(struct.pack("<HH2sHL", 0x7FE0, 0x0010, b"OW", 0, FRAME_BYTES * frames))
-    with path.open("wb") as fp:
-        fp.write(header.getvalue())
-        for index in range(frames):
-            fp.write(frame(index).tobytes())
+    write_native_multiframe(path, frames, frame, bits_stored=12, patient_id="STREAM")
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,99 @@
+"""Deliveries whose forward task was lost are found in Redis and queued again; nothing
+else is: not dead letters, not scheduled retries, not tasks still waiting their turn."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+
+from router.deliveries import Deliveries
+from router.spool import Spool
+from router.stalled import queue_head_received, stalled_entries
+from tests.support.capture_scp import CaptureSCP
+from tests.support.router_proc import RedisServer, start_router, write_config
+from tests.support.synthetic import write_ct_series
+from tests.support.waiting import wait_until
+
+pytestmark = pytest.mark.integration
+
+NOW = 1_800_000_000.0
+OLDER_THAN = 600.0
+
+
+def _message(received_at: float) -> bytes:
+    """A forward task message as kombu stores it in the queue's list."""
+    body = [["key", "pacs", {"received_at": received_at}], {"attempt": 1}, {}]
+    return json.dumps({"body": base64.b64encode(json.dumps(body).encode()).decode()}).encode()
+
+
+def test_only_lost_deliveries_are_stalled(redis_server: RedisServer) -> None:
+    client = redis_server.client()
+    deliveries = Deliveries(client)
+    meta = {"sop_instance_uid": "1.2.3", "rule": "all", "send_key": "k-lost"}
+    deliveries.expect("k-lost", ["pacs", "archive"], NOW - 3600, {"pacs": meta, "archive": meta})
+    deliveries.expect("k-recent", ["pacs"], NOW - 10, {"pacs": meta})
+    deliveries.expect("k-retrying", ["pacs"], NOW - 3600, {"pacs": meta})
+    deliveries.retrying("k-retrying", "pacs", NOW + 60)
+    deliveries.expect("k-dead", ["pacs"], NOW - 3600, {"pacs": meta})
+    client.hset("dr:pending:k-dead", "pacs", f"dead-abc@{NOW - 3000}")
+
+    found = {(s.spool_key, s.destination) for s in stalled_entries(client, NOW, OLDER_THAN, None)}
+    assert found == {("k-lost", "pacs"), ("k-lost", "archive")}
+    assert deliveries.task_meta("k-lost", "pacs") == meta
+
+    # A queue whose head was received before the lost delivery may still hold its task.
+    head = NOW - 7200
+    assert list(stalled_entries(client, NOW, OLDER_THAN, head)) == []
+    # One received after it cannot be ahead of it.
+    assert len(list(stalled_entries(client, NOW, OLDER_THAN, NOW - 60))) == 2
+
+    # Delivered: forgotten, task record included.
+    assert not deliveries.delivered("k-lost", "pacs", "1.2.3", "digest")
+    assert deliveries.task_meta("k-lost", "pacs") is None
+    found = {(s.spool_key, s.destination) for s in stalled_entries(client, NOW, OLDER_THAN, None)}
+    assert found == {("k-lost", "archive")}
+
+
+def test_queue_head_is_read_from_the_forward_list(redis_server: RedisServer) -> None:
+    client = redis_server.client()
+    assert queue_head_received(client) is None
+    client.lpush("forward", _message(NOW - 100))  # the oldest: popped first, from the right
+    client.lpush("forward", _message(NOW - 5))
+    assert queue_head_received(client) == NOW - 100
+    client.delete("forward")
+    client.lpush("forward", b"not json")
+    assert queue_head_received(client) == pytest.approx(time.time(), abs=5)
+
+
+def test_router_resumes_a_delivery_whose_task_was_lost(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """The state a lost task leaves: a spooled instance, its pending entry and task
+    arguments in Redis, no message in any queue. The router delivers it anyway."""
+    with CaptureSCP() as capture:
+        dest = {"pacs": {"ae_title": capture.ae_title, "host": "127.0.0.1", "port": capture.port}}
+        path, config = write_config(tmp_path / "router", redis_server.url, dest,
+                                    "rules:\n  - name: all\n    forward: [pacs]\n",
+                                    broker_visibility_timeout="5s")  # fmt: skip
+        router = start_router(path, config)
+        try:
+            (ct,) = write_ct_series(tmp_path / "ct", 1, rows=64, cols=64, seed=31)
+            spool = Spool(router.spool_dir)
+            key = spool.write_bytes(ct.read_bytes())
+            uid = str(dcmread(ct, stop_before_pixels=True).SOPInstanceUID)
+            meta = {"sop_instance_uid": uid, "rule": "all", "send_key": key,
+                    "received_at": time.time() - 60}  # fmt: skip
+            Deliveries(redis_server.client()).expect(key, ["pacs"], time.time() - 60,
+                                                      {"pacs": meta})  # fmt: skip
+            capture.wait_for_count(1, timeout=60)
+            assert capture.sop_instance_uids() == [uid]
+            wait_until(lambda: not spool.path(key).exists(), 30, "the spool file released")
+            _status, text = router.http("/metrics")
+            assert 'dicom_router_deliveries_resumed_total{destination="pacs"} 1.0' in text
+        finally:
+            router.stop()
