@@ -24,7 +24,7 @@ from pydicom.filereader import read_file_meta_info
 from pynetdicom import AE, _config, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-from router import metrics
+from router import metrics, quiet
 from router.slots import AssociationSlots
 
 # Send datasets straight from file, never decoding them.
@@ -32,7 +32,9 @@ _config.STORE_SEND_CHUNKED_DATASET = True
 
 MAX_CONTEXTS = 120
 # pynetdicom polls every open association (two threads waking about every
-# millisecond, roughly a tenth of a core per side), so idle ones are closed soon.
+# millisecond, roughly a tenth of a core per side); the router's own side waits
+# instead (router.quiet), but the destination's side may still poll, so idle
+# associations are closed soon.
 IDLE_CLOSE_S = 10.0
 
 
@@ -164,10 +166,18 @@ class AssociationPool:
 
     def _close(self, name: str) -> None:
         pooled = self._pooled.pop(name, None)
-        if pooled is not None and pooled.assoc.is_established:
+        if pooled is not None and quiet.usable(pooled.assoc):
             pooled.assoc.release()
+        elif pooled is not None and not (pooled.assoc.is_aborted or pooled.assoc.is_released):
+            pooled.assoc.abort()  # the peer released or dropped it while it was parked
         if pooled is not None and self.slots is not None:
             self.slots.release(name)
+
+    def answering(self, name: str) -> bool:
+        """True if this process holds an open association to ``name`` that still works
+        (so the destination answered within the last ``idle_close_s``)."""
+        pooled = self._pooled.get(name)
+        return pooled is not None and quiet.usable(pooled.assoc)
 
     def close_all(self) -> None:
         with self._lock:
@@ -176,7 +186,7 @@ class AssociationPool:
 
     def _association(self, name: str, peer: Peer, context: tuple[str, str]) -> Any:
         pooled = self._pooled.get(name)
-        if pooled is not None and pooled.assoc.is_established and context in pooled.contexts:
+        if pooled is not None and quiet.usable(pooled.assoc) and context in pooled.contexts:
             if self.slots is not None and peer.max_associations:
                 self.slots.renew(name)
             return pooled.assoc
@@ -205,6 +215,8 @@ class AssociationPool:
             if assoc.is_rejected:
                 raise DeliveryError("association rejected by the destination", transient=True)
             raise DeliveryError("cannot connect to the destination", transient=True)
+        quiet.quiet_dul(assoc)
+        quiet.park_requestor(assoc)
         accepted = frozenset(
             (str(cx.abstract_syntax), str(cx.transfer_syntax[0])) for cx in assoc.accepted_contexts
         )
@@ -233,6 +245,8 @@ class AssociationPool:
             except (OSError, RuntimeError) as exc:
                 self._close(name)
                 raise DeliveryError(f"association failed during C-STORE: {exc}") from exc
+            finally:
+                quiet.park_requestor(assoc)
             self._pooled[name].last_used = time.monotonic()
             if not response or "Status" not in response:
                 self._close(name)
