@@ -1,9 +1,13 @@
 """Celery tasks: thin glue between the queue and the pure routing and delivery code.
 
-``route`` reads one spooled instance's header, asks the rules where it goes and
-queues one ``forward`` per destination, so a destination that is down delays only
-its own deliveries. ``forward`` sends the spooled file to one destination and
-records the outcome. Both receive spool keys and a few UIDs, never pixel data.
+``route`` reads one spooled instance's header and asks the rules where it goes.
+Destinations this worker process holds an open, answering association to get the
+instance right away from the route task; every other destination (not contacted
+yet, idle, failing, circuit open) gets a ``forward`` task, queued before the
+direct sends start, so a destination that is down delays only its own deliveries.
+``forward`` sends the spooled file to one destination; retries, alternates and
+dead letters always go through it. Both deliver through ``deliver`` and record the
+same outcome. Tasks receive spool keys and a few UIDs, never pixel data.
 """
 
 from __future__ import annotations
@@ -169,11 +173,19 @@ def route(key: str, meta: dict[str, Any]) -> None:
     received_at = meta.get("received_at")
     since = float(received_at) if isinstance(received_at, int | float) else None
     rt.deliveries.expect(key, decision.destinations, since)
+    inline: list[tuple[str, dict[str, Any]]] = []
     for destination, rule_name in decision.destinations.items():
         rt.audit.emit("routed", rule=rule_name, destination=destination, **common)
-        enqueue_forward(
-            key, destination, {**meta, "rule": rule_name, "send_key": send_keys[rule_name]}
-        )
+        forward_meta = {**meta, "rule": rule_name, "send_key": send_keys[rule_name]}
+        if rt.pool.answering(destination):
+            inline.append((destination, forward_meta))
+        else:
+            enqueue_forward(key, destination, forward_meta)
+    # Destinations this process is already talking to get the instance from here,
+    # after every other destination's forward task is queued; see `deliver`.
+    digests: dict[str, str] = {}
+    for destination, forward_meta in inline:
+        deliver(rt, key, destination, forward_meta, digests=digests)
     log.debug(
         "routed",
         spool_key=key,
@@ -242,7 +254,22 @@ def _digest(path: Path) -> str:
 @app.task(name=FORWARD_TASK)  # type: ignore[untyped-decorator]
 def forward(key: str, destination: str, meta: dict[str, Any], attempt: int = 1) -> None:
     """Deliver one spooled instance to one destination, once."""
-    rt = runtime()
+    deliver(runtime(), key, destination, meta, attempt)
+
+
+def deliver(
+    rt: Runtime,
+    key: str,
+    destination: str,
+    meta: dict[str, Any],
+    attempt: int = 1,
+    digests: dict[str, str] | None = None,
+) -> None:
+    """One delivery attempt and its bookkeeping (from a forward task or from route).
+
+    ``digests`` caches content hashes by spool path across the destinations of one
+    route task, so an instance is hashed once however many destinations it has.
+    """
     sop_uid = str(meta.get("sop_instance_uid", ""))
     audit_fields = {
         "sop_instance_uid": sop_uid,
@@ -260,7 +287,11 @@ def forward(key: str, destination: str, meta: dict[str, Any], attempt: int = 1) 
         log.error("forward: cannot deliver", spool_key=key, destination=destination, reason=reason)
         rt.audit.emit("forward_failed", status=reason, **audit_fields)
         return
-    digest = _digest(path)
+    digest = digests.get(str(path)) if digests is not None else None
+    if digest is None:
+        digest = _digest(path)
+        if digests is not None:
+            digests[str(path)] = digest
     if rt.deliveries.already_delivered(destination, sop_uid, digest):
         log.info("forward: already delivered, not sending again", spool_key=key,
                  destination=destination, sop_instance_uid=sop_uid)  # fmt: skip
