@@ -58,14 +58,15 @@ class _DulWaiter:
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
+        self._waiting = False
 
     def wake(self) -> None:
-        with contextlib.suppress(OSError):
-            self._wake_w.send(b"\0")
-
-    def close(self) -> None:
-        self._wake_r.close()
-        self._wake_w.close()
+        # Only a reactor that is (about to be) waiting needs the signal: it sets
+        # ``_waiting`` before its last look at the queues, so a put it misses
+        # here it sees there.
+        if self._waiting:
+            with contextlib.suppress(OSError):
+                self._wake_w.send(b"\0")
 
     # The Event interface the DUL reactor and Association use.
     def set(self) -> None:
@@ -77,18 +78,21 @@ class _DulWaiter:
     def is_set(self) -> bool:
         """Block until the reactor has something to do (or ``WAIT_S``); always True."""
         dul = self._dul
-        if dul._kill_thread or not dul.event_queue.empty() or dul.to_provider_queue.queue:
-            return True
-        transport = dul.socket
-        sock = getattr(transport, "socket", None)
-        if sock is None or self._wake_r.fileno() < 0:
-            return True
-        if isinstance(sock, ssl.SSLSocket) and sock.pending():
-            return True
+        self._waiting = True
         try:
-            ready, _, _ = select.select([sock, self._wake_r], [], [], WAIT_S)
-        except (OSError, ValueError):
-            return True  # the reactor's own check reports the closed connection
+            if dul._kill_thread or not dul.event_queue.empty() or dul.to_provider_queue.queue:
+                return True
+            sock = getattr(dul.socket, "socket", None)
+            if sock is None or self._wake_r.fileno() < 0:
+                return True
+            if isinstance(sock, ssl.SSLSocket) and sock.pending():
+                return True
+            try:
+                ready, _, _ = select.select([sock, self._wake_r], [], [], WAIT_S)
+            except (OSError, ValueError):
+                return True  # the reactor's own check reports the closed connection
+        finally:
+            self._waiting = False
         if self._wake_r in ready:
             with contextlib.suppress(OSError):
                 while self._wake_r.recv(256):
