@@ -148,7 +148,15 @@ class AssociationPool:
         self._pooled: dict[str, _Pooled] = {}
         self._wanted: dict[str, OrderedDict[tuple[str, str], None]] = {}
         self._lock = threading.Lock()
+        """Guards the table of per-destination locks."""
+        self._locks: dict[str, threading.Lock] = {}
+        """One per destination: its association is used by one thread at a time, while
+        different destinations can be sent to at the same time."""
         self._reaper: threading.Thread | None = None
+
+    def _lock_for(self, name: str) -> threading.Lock:
+        with self._lock:
+            return self._locks.setdefault(name, threading.Lock())
 
     def _start_reaper(self) -> None:
         if self._reaper is None or not self._reaper.is_alive():
@@ -159,10 +167,14 @@ class AssociationPool:
         while True:
             time.sleep(min(5.0, self.idle_close_s))
             now = time.monotonic()
-            with self._lock:
-                for name, pooled in list(self._pooled.items()):
-                    if now - pooled.last_used > self.idle_close_s:
-                        self._close(name)
+            for name, pooled in list(self._pooled.items()):
+                lock = self._lock_for(name)
+                if now - pooled.last_used > self.idle_close_s and lock.acquire(blocking=False):
+                    try:  # not in use right now (else it is not idle either)
+                        if self._pooled.get(name) is pooled:
+                            self._close(name)
+                    finally:
+                        lock.release()
 
     def _close(self, name: str) -> None:
         pooled = self._pooled.pop(name, None)
@@ -180,8 +192,8 @@ class AssociationPool:
         return pooled is not None and quiet.usable(pooled.assoc)
 
     def close_all(self) -> None:
-        with self._lock:
-            for name in list(self._pooled):
+        for name in list(self._pooled):
+            with self._lock_for(name):
                 self._close(name)
 
     def _association(self, name: str, peer: Peer, context: tuple[str, str]) -> Any:
@@ -238,7 +250,7 @@ class AssociationPool:
         """
         meta = read_file_meta_info(path)
         context = (str(meta.MediaStorageSOPClassUID), str(meta.TransferSyntaxUID))
-        with self._lock:
+        with self._lock_for(name):
             assoc = self._association(name, peer, context)
             try:
                 response = assoc.send_c_store(path)

@@ -16,6 +16,7 @@ import hashlib
 import os
 import random
 import time
+from concurrent.futures import ThreadPoolExecutor
 from copy import deepcopy
 from dataclasses import dataclass
 from pathlib import Path
@@ -183,9 +184,19 @@ def route(key: str, meta: dict[str, Any]) -> None:
             enqueue_forward(key, destination, forward_meta)
     # Destinations this process is already talking to get the instance from here,
     # after every other destination's forward task is queued; see `deliver`.
-    digests: dict[str, str] = {}
-    for destination, forward_meta in inline:
-        deliver(rt, key, destination, forward_meta, digests=digests)
+    digests = {
+        forward_meta["send_key"]: _digest(rt.spool.path(forward_meta["send_key"]))
+        for _destination, forward_meta in inline
+    }
+    if len(inline) == 1:
+        deliver(rt, key, *inline[0], digests=digests)
+    elif inline:  # one thread per destination: each waits for its own peer
+        sends = [
+            _sender_threads().submit(deliver, rt, key, destination, forward_meta, 1, digests)
+            for destination, forward_meta in inline
+        ]
+        for send in sends:
+            send.result()
     log.debug(
         "routed",
         spool_key=key,
@@ -257,6 +268,20 @@ def forward(key: str, destination: str, meta: dict[str, Any], attempt: int = 1) 
     deliver(runtime(), key, destination, meta, attempt)
 
 
+_senders: tuple[int, ThreadPoolExecutor] | None = None
+
+
+def _sender_threads() -> ThreadPoolExecutor:
+    """This process's threads for sending to several destinations at once."""
+    global _senders
+    if _senders is None or _senders[0] != os.getpid():
+        _senders = (os.getpid(), ThreadPoolExecutor(SENDER_THREADS, "sender"))
+    return _senders[1]
+
+
+SENDER_THREADS = 8
+
+
 def deliver(
     rt: Runtime,
     key: str,
@@ -267,8 +292,8 @@ def deliver(
 ) -> None:
     """One delivery attempt and its bookkeeping (from a forward task or from route).
 
-    ``digests`` caches content hashes by spool path across the destinations of one
-    route task, so an instance is hashed once however many destinations it has.
+    ``digests`` holds content hashes by spool key already computed by the caller
+    (route hashes each file once, however many destinations get it).
     """
     sop_uid = str(meta.get("sop_instance_uid", ""))
     audit_fields = {
@@ -287,11 +312,7 @@ def deliver(
         log.error("forward: cannot deliver", spool_key=key, destination=destination, reason=reason)
         rt.audit.emit("forward_failed", status=reason, **audit_fields)
         return
-    digest = digests.get(str(path)) if digests is not None else None
-    if digest is None:
-        digest = _digest(path)
-        if digests is not None:
-            digests[str(path)] = digest
+    digest = (digests or {}).get(meta.get("send_key") or key) or _digest(path)
     if rt.deliveries.already_delivered(destination, sop_uid, digest):
         log.info("forward: already delivered, not sending again", spool_key=key,
                  destination=destination, sop_instance_uid=sop_uid)  # fmt: skip
