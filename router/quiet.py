@@ -60,6 +60,12 @@ class _DulWaiter:
         self._wake_w.setblocking(False)
         self._waiting = False
 
+    def _close(self) -> None:
+        # The reactor is stopping: give the wake-up sockets back now rather than
+        # whenever the garbage collector gets to the association's reference cycle.
+        self._wake_r.close()
+        self._wake_w.close()
+
     def wake(self) -> None:
         # Only a reactor that is (about to be) waiting needs the signal: it sets
         # ``_waiting`` before its last look at the queues, so a put it misses
@@ -78,9 +84,12 @@ class _DulWaiter:
     def is_set(self) -> bool:
         """Block until the reactor has something to do (or ``WAIT_S``); always True."""
         dul = self._dul
+        if dul._kill_thread:
+            self._close()
+            return True
         self._waiting = True
         try:
-            if dul._kill_thread or not dul.event_queue.empty() or dul.to_provider_queue.queue:
+            if not dul.event_queue.empty() or dul.to_provider_queue.queue:
                 return True
             sock = getattr(dul.socket, "socket", None)
             if sock is None or self._wake_r.fileno() < 0:
