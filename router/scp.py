@@ -54,7 +54,7 @@ from pydicom.uid import (
 from pynetdicom import AE, AllStoragePresentationContexts, _config, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-from router import metrics
+from router import metrics, quiet
 from router.audit import AuditLog
 from router.config import RouterConfig
 from router.logs import get_logger
@@ -165,7 +165,7 @@ class StorageSCP:
         return [
             (evt.EVT_CONN_OPEN, self._on_connect),
             (evt.EVT_REQUESTED, self._on_requested),
-            (evt.EVT_ESTABLISHED, lambda e: metrics.associations_active.labels("inbound").inc()),
+            (evt.EVT_ESTABLISHED, self._on_established),
             (evt.EVT_RELEASED, lambda e: metrics.associations_active.labels("inbound").dec()),
             (evt.EVT_ABORTED, lambda e: metrics.associations_active.labels("inbound").dec()),
             (evt.EVT_C_ECHO, lambda e: Status.SUCCESS),
@@ -241,6 +241,11 @@ class StorageSCP:
     def _on_connect(self, event: Any) -> None:
         set_nodelay(event)
         _cap_pdu_reads(event, self.pdu_limit)
+
+    @staticmethod
+    def _on_established(event: Any) -> None:
+        metrics.associations_active.labels("inbound").inc()
+        quiet.quiet_acceptor(event.assoc)
 
     def _on_requested(self, event: Any) -> None:
         requestor = event.assoc.requestor

@@ -25,7 +25,7 @@ from pydicom.filereader import read_file_meta_info
 from pynetdicom import AE, _config, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-from router import metrics
+from router import metrics, quiet
 from router.slots import AssociationSlots
 
 # Send datasets straight from file, never decoding them.
@@ -33,7 +33,9 @@ _config.STORE_SEND_CHUNKED_DATASET = True
 
 MAX_CONTEXTS = 120
 # pynetdicom polls every open association (two threads waking about every
-# millisecond, roughly a tenth of a core per side), so idle ones are closed soon.
+# millisecond, roughly a tenth of a core per side); the router's own side waits
+# instead (router.quiet), but the destination's side may still poll, so idle
+# associations are closed soon.
 IDLE_CLOSE_S = 10.0
 
 
@@ -152,7 +154,15 @@ class AssociationPool:
         self._pooled: dict[str, _Pooled] = {}
         self._wanted: dict[str, OrderedDict[tuple[str, str], None]] = {}
         self._lock = threading.Lock()
+        """Guards the table of per-destination locks."""
+        self._locks: dict[str, threading.Lock] = {}
+        """One per destination: its association is used by one thread at a time, while
+        different destinations can be sent to at the same time."""
         self._reaper: threading.Thread | None = None
+
+    def _lock_for(self, name: str) -> threading.Lock:
+        with self._lock:
+            return self._locks.setdefault(name, threading.Lock())
 
     def _start_reaper(self) -> None:
         if self._reaper is None or not self._reaper.is_alive():
@@ -163,27 +173,39 @@ class AssociationPool:
         while True:
             time.sleep(min(5.0, self.idle_close_s))
             now = time.monotonic()
-            with self._lock:
-                for name, pooled in list(self._pooled.items()):
-                    if now - pooled.last_used > self.idle_close_s:
-                        self._close(name)
+            for name, pooled in list(self._pooled.items()):
+                lock = self._lock_for(name)
+                if now - pooled.last_used > self.idle_close_s and lock.acquire(blocking=False):
+                    try:  # not in use right now (else it is not idle either)
+                        if self._pooled.get(name) is pooled:
+                            self._close(name)
+                    finally:
+                        lock.release()
 
     def _close(self, name: str) -> None:
         pooled = self._pooled.pop(name, None)
-        if pooled is not None and pooled.assoc.is_established:
+        if pooled is not None and quiet.usable(pooled.assoc):
             pooled.assoc.release()
+        elif pooled is not None and not (pooled.assoc.is_aborted or pooled.assoc.is_released):
+            pooled.assoc.abort()  # the peer released or dropped it while it was parked
         if pooled is not None and self.slots is not None:
             self.slots.release(name)
 
+    def answering(self, name: str) -> bool:
+        """True if this process holds an open association to ``name`` that still works
+        (so the destination answered within the last ``idle_close_s``)."""
+        pooled = self._pooled.get(name)
+        return pooled is not None and quiet.usable(pooled.assoc)
+
     def close_all(self) -> None:
-        with self._lock:
-            for name in list(self._pooled):
+        for name in list(self._pooled):
+            with self._lock_for(name):
                 self._close(name)
 
     def _association(self, name: str, peer: Peer, needed: list[tuple[str, str]]) -> _Pooled:
         """An association that has proposed every context in ``needed`` (accepted or not)."""
         pooled = self._pooled.get(name)
-        reusable = pooled is not None and pooled.assoc.is_established
+        reusable = pooled is not None and quiet.usable(pooled.assoc)
         if reusable and pooled is not None and pooled.proposed.issuperset(needed):
             if self.slots is not None and peer.max_associations:
                 self.slots.renew(name)
@@ -217,6 +239,8 @@ class AssociationPool:
                 # It answered, refusing every proposal (pynetdicom then aborts).
                 raise NoContextAcceptedError("the destination accepted no presentation context")
             raise DeliveryError("cannot connect to the destination", transient=True)
+        quiet.quiet_dul(assoc)
+        quiet.park_requestor(assoc)
         accepted = frozenset(
             (str(cx.abstract_syntax), str(cx.transfer_syntax[0])) for cx in assoc.accepted_contexts
         )
@@ -254,7 +278,7 @@ class AssociationPool:
         refusal = refusal or (
             f"destination does not accept SOP class {sop_class} in transfer syntax {shown}"
         )
-        with self._lock:
+        with self._lock_for(name):
             try:
                 pooled = self._association(name, peer, [(sop_class, ts) for ts in proposals])
             except NoContextAcceptedError:
@@ -269,6 +293,8 @@ class AssociationPool:
             except (OSError, RuntimeError) as exc:
                 self._close(name)
                 raise DeliveryError(f"association failed during C-STORE: {exc}") from exc
+            finally:
+                quiet.park_requestor(pooled.assoc)
             pooled.last_used = time.monotonic()
             if not response or "Status" not in response:
                 self._close(name)

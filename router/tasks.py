@@ -1,9 +1,13 @@
 """Celery tasks: thin glue between the queue and the pure routing and delivery code.
 
-``route`` reads one spooled instance's header, asks the rules where it goes and
-queues one ``forward`` per destination, so a destination that is down delays only
-its own deliveries. ``forward`` sends the spooled file to one destination and
-records the outcome. Both receive spool keys and a few UIDs, never pixel data.
+``route`` reads one spooled instance's header and asks the rules where it goes.
+Destinations this worker process holds an open, answering association to get the
+instance right away from the route task; every other destination (not contacted
+yet, idle, failing, circuit open) gets a ``forward`` task, queued before the
+direct sends start, so a destination that is down delays only its own deliveries.
+``forward`` sends the spooled file to one destination; retries, alternates and
+dead letters always go through it. Both deliver through ``deliver`` and record the
+same outcome. Tasks receive spool keys and a few UIDs, never pixel data.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import os
 import random
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from copy import deepcopy
 from dataclasses import dataclass
 from pathlib import Path
@@ -217,9 +222,28 @@ def route(key: str, meta: dict[str, Any]) -> None:
             forward_meta.update(transcode=target, allow_lossy=is_lossy(target))
         tasks[destination] = forward_meta
     rt.deliveries.expect(key, decision.destinations, since, tasks)
+    inline: list[tuple[str, dict[str, Any]]] = []
     for destination, forward_meta in tasks.items():
         rt.audit.emit("routed", rule=forward_meta["rule"], destination=destination, **common)
-        enqueue_forward(key, destination, forward_meta)
+        if rt.pool.answering(destination):
+            inline.append((destination, forward_meta))
+        else:
+            enqueue_forward(key, destination, forward_meta)
+    # Destinations this process is already talking to get the instance from here,
+    # after every other destination's forward task is queued; see `deliver`.
+    digests = {
+        forward_meta["send_key"]: _digest(rt.spool.path(forward_meta["send_key"]))
+        for _destination, forward_meta in inline
+    }
+    if len(inline) == 1:
+        deliver(rt, key, *inline[0], digests=digests)
+    elif inline:  # one thread per destination: each waits for its own peer
+        sends = [
+            _sender_threads().submit(deliver, rt, key, destination, forward_meta, 1, digests)
+            for destination, forward_meta in inline
+        ]
+        for send in sends:
+            send.result()
     log.debug(
         "routed",
         spool_key=key,
@@ -297,7 +321,36 @@ def _digest(path: Path) -> str:
 @_hand_back_on_broker_error
 def forward(key: str, destination: str, meta: dict[str, Any], attempt: int = 1) -> None:
     """Deliver one spooled instance to one destination, once."""
-    rt = runtime()
+    deliver(runtime(), key, destination, meta, attempt)
+
+
+_senders: tuple[int, ThreadPoolExecutor] | None = None
+
+
+def _sender_threads() -> ThreadPoolExecutor:
+    """This process's threads for sending to several destinations at once."""
+    global _senders
+    if _senders is None or _senders[0] != os.getpid():
+        _senders = (os.getpid(), ThreadPoolExecutor(SENDER_THREADS, "sender"))
+    return _senders[1]
+
+
+SENDER_THREADS = 8
+
+
+def deliver(
+    rt: Runtime,
+    key: str,
+    destination: str,
+    meta: dict[str, Any],
+    attempt: int = 1,
+    digests: dict[str, str] | None = None,
+) -> None:
+    """One delivery attempt and its bookkeeping (from a forward task or from route).
+
+    ``digests`` holds content hashes by spool key already computed by the caller
+    (route hashes each file once, however many destinations get it).
+    """
     sop_uid = str(meta.get("sop_instance_uid", ""))
     audit_fields = {
         "sop_instance_uid": sop_uid,
@@ -318,7 +371,7 @@ def forward(key: str, destination: str, meta: dict[str, Any], attempt: int = 1) 
         return
     if rt.audit.dicom is not None:  # DICOM audit messages name the patient (PS3.15 A.5.3)
         audit_fields["patient_id"] = _patient_id(path)
-    digest = _digest(path)
+    digest = (digests or {}).get(meta.get("send_key") or key) or _digest(path)
     if rt.deliveries.already_delivered(destination, sop_uid, digest):
         log.info("forward: already delivered, not sending again", spool_key=key,
                  destination=destination, sop_instance_uid=sop_uid)  # fmt: skip

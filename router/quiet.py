@@ -1,0 +1,175 @@
+"""Associations that wait for work instead of polling for it (pynetdicom 3.0 internals).
+
+Every pynetdicom association runs two threads that wake about every millisecond
+whether or not anything happens: the DUL reactor (``time.sleep(_run_loop_delay)``
+between ``select(timeout=0)`` calls on the socket) and the association reactor
+(``time.sleep(0.001)`` between looks at the DIMSE message queue). Measured on the
+benchmark machine that is about 0.09 CPU core per open association side, idle or
+not, which on two cores is as much as the routing itself. This module, the only
+place in the router that touches pynetdicom internals, makes the router's own
+association sides sleep until there is something to do:
+
+- DUL reactor: ``quiet_dul`` replaces the association's ``_dul_ready`` event, which
+  the reactor consults at the top of each loop, with an object whose ``is_set``
+  blocks in ``select`` on the socket and on a wake-up socket until data arrives, a
+  primitive is queued for sending (the outgoing queue's ``put`` signals it), or
+  ``WAIT_S`` passes (for the ARTIM timer and thread shutdown); the reactor's own
+  sleep is then set to 0. It waits only when it has nothing to do: no pending
+  event, no queued primitive, nothing to read.
+- Association reactor of an *acceptor* (the SCP): ``quiet_acceptor`` makes its
+  non-blocking look at the DIMSE message queue wait up to ``WAIT_S`` for a message
+  (a queued message wakes it at once), so it loops ~40 times a second instead
+  of ~1000. A release or abort from the peer is noticed within ``WAIT_S``.
+- Association reactor of a *requestor* (outbound): ``park_requestor`` keeps it
+  paused between requests. pynetdicom pauses it for every ``send_c_store`` anyway
+  (and resumes it afterwards), so sends are unchanged; while parked it does not
+  watch for a peer's release or abort, so callers check ``usable`` before reusing
+  the association and abort it if the peer has gone.
+
+If pynetdicom's internals differ from what this expects, the functions do nothing
+and the association polls as before.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import select
+import socket
+import ssl
+import threading
+from typing import Any
+
+from router.logs import get_logger
+
+log = get_logger(__name__)
+
+WAIT_S = 0.025
+"""Longest idle wait: bounds the delay of timers and shutdown, not of data."""
+
+DATA_TRANSFER_STATE = "Sta6"
+
+
+class _DulWaiter:
+    """Stands in for ``Association._dul_ready`` once the DUL reactor runs."""
+
+    def __init__(self, dul: Any) -> None:
+        self._dul = dul
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._waiting = False
+
+    def _close(self) -> None:
+        # The reactor is stopping: give the wake-up sockets back now rather than
+        # whenever the garbage collector gets to the association's reference cycle.
+        self._wake_r.close()
+        self._wake_w.close()
+
+    def wake(self) -> None:
+        # Only a reactor that is (about to be) waiting needs the signal: it sets
+        # ``_waiting`` before its last look at the queues, so a put it misses
+        # here it sees there.
+        if self._waiting:
+            with contextlib.suppress(OSError):
+                self._wake_w.send(b"\0")
+
+    # The Event interface the DUL reactor and Association use.
+    def set(self) -> None:
+        pass
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return True
+
+    def is_set(self) -> bool:
+        """Block until the reactor has something to do (or ``WAIT_S``); always True."""
+        dul = self._dul
+        if dul._kill_thread:
+            self._close()
+            return True
+        self._waiting = True
+        try:
+            if not dul.event_queue.empty() or dul.to_provider_queue.queue:
+                return True
+            sock = getattr(dul.socket, "socket", None)
+            if sock is None or self._wake_r.fileno() < 0:
+                return True
+            if isinstance(sock, ssl.SSLSocket) and sock.pending():
+                return True
+            try:
+                ready, _, _ = select.select([sock, self._wake_r], [], [], WAIT_S)
+            except (OSError, ValueError):
+                return True  # the reactor's own check reports the closed connection
+        finally:
+            self._waiting = False
+        if self._wake_r in ready:
+            with contextlib.suppress(OSError):
+                while self._wake_r.recv(256):
+                    pass
+        return True
+
+
+def quiet_dul(assoc: Any) -> bool:
+    """Make the association's DUL reactor block instead of polling; False if not possible."""
+    dul = getattr(assoc, "dul", None)
+    needed = ("_run_loop_delay", "_kill_thread", "event_queue", "to_provider_queue", "socket")
+    if dul is None or not all(hasattr(dul, name) for name in needed):
+        return False
+    ready = getattr(assoc, "_dul_ready", None)
+    if isinstance(ready, _DulWaiter):
+        return True
+    if not isinstance(ready, threading.Event):
+        return False
+    outgoing = dul.to_provider_queue
+    if not isinstance(outgoing, queue.Queue):
+        return False
+    waiter = _DulWaiter(dul)
+    original_put = outgoing.put
+
+    def put(item: Any, block: bool = True, timeout: float | None = None) -> None:
+        original_put(item, block, timeout)
+        waiter.wake()
+
+    outgoing.put = put  # type: ignore[method-assign]
+    assoc._dul_ready = waiter
+    dul._run_loop_delay = 0
+    waiter.wake()  # a reactor already sleeping re-checks at once
+    return True
+
+
+def quiet_acceptor(assoc: Any) -> bool:
+    """Make an acceptor's association reactor wait on its DIMSE queue instead of polling."""
+    dimse: Any = getattr(assoc, "dimse", None)
+    messages = getattr(dimse, "msg_queue", None)
+    if not isinstance(messages, queue.Queue) or not quiet_dul(assoc):
+        return False
+    original = dimse.get_msg
+
+    def get_msg(block: bool = False) -> Any:
+        if block:
+            return original(True)
+        try:
+            return messages.get(timeout=WAIT_S)
+        except queue.Empty:
+            return None, None
+
+    dimse.get_msg = get_msg
+    return True
+
+
+def park_requestor(assoc: Any) -> None:
+    """Pause a requestor's association reactor until its next request (see module doc)."""
+    checkpoint = getattr(assoc, "_reactor_checkpoint", None)
+    if checkpoint is not None and getattr(assoc, "is_established", False):
+        checkpoint.clear()
+
+
+def usable(assoc: Any) -> bool:
+    """True if an (outbound, parked) association can carry another request."""
+    if not assoc.is_established or assoc.is_aborted or assoc.is_released:
+        return False
+    dul = assoc.dul
+    if not dul.is_alive():
+        return False
+    machine = getattr(dul, "state_machine", None)
+    return machine is None or machine.current_state == DATA_TRANSFER_STATE
