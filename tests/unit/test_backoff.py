@@ -1,4 +1,4 @@
-"""router.tasks.backoff_delay: exponential backoff with full jitter."""
+"""router.deliver.backoff_delay: exponential backoff with full jitter."""
 
 from __future__ import annotations
 
@@ -8,14 +8,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-import router.tasks
-from router.tasks import backoff_delay
+import router.deliver
+from router.deliver import backoff_delay
 
 
 @pytest.fixture
 def at_ceiling(monkeypatch: pytest.MonkeyPatch) -> None:
     """Make the jitter return the top of its range, exposing the ceiling exactly."""
-    monkeypatch.setattr(router.tasks.random, "uniform", lambda low, high: high)
+    monkeypatch.setattr(router.deliver.random, "uniform", lambda low, high: high)
 
 
 @pytest.mark.parametrize(
@@ -27,7 +27,7 @@ def test_ceiling_doubles_until_max(at_ceiling: None, attempt: int, ceiling: floa
 
 
 def test_lower_bound_is_zero(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(router.tasks.random, "uniform", lambda low, high: low)
+    monkeypatch.setattr(router.deliver.random, "uniform", lambda low, high: low)
     assert backoff_delay(5, 2.0, 600.0) == 0.0
 
 

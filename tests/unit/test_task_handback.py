@@ -43,8 +43,8 @@ def test_other_errors_are_not_swallowed() -> None:
 def test_forward_without_a_broker_is_handed_back(tmp_path: Path) -> None:
     """The real task, its Redis gone: the delivery goes back to the queue, untouched."""
     from router.config import RouterConfig
+    from router.runtime import _set_runtime, build_runtime
     from router.spool import Spool
-    from router.tasks import _set_runtime, build_runtime
 
     (tmp_path / "rules").mkdir()
     (tmp_path / "rules" / "r.yaml").write_text("rules:\n  - name: all\n    forward: [pacs]\n")
