@@ -64,6 +64,10 @@ deliveries_resumed = Counter(
     "Deliveries queued again because their task was lost (see router/stalled.py).",
     ["destination"],
 )
+instances_resumed = Counter(
+    PREFIX + "instances_resumed",
+    "Acknowledged instances routed again because their route task was lost.",
+)
 associations_active = Gauge(
     PREFIX + "associations_active",
     "Open associations, inbound and outbound.",

@@ -15,6 +15,7 @@ from router.circuit import Circuits
 from router.config import RouterConfig, destination_syntaxes, load_config, load_salt
 from router.deadletters import DeadLetters
 from router.deliveries import Deliveries
+from router.inbox import Inbox
 from router.logs import get_logger
 from router.retries import RetrySchedule
 from router.rules.live import LiveRuleset
@@ -39,6 +40,7 @@ class Runtime:
     deadletters: DeadLetters
     retries: RetrySchedule
     circuits: Circuits
+    inbox: Inbox
     accepts: dict[str, list[str]]
     """Destination -> the transfer syntax UIDs it lists as accepted (may be empty)."""
 
@@ -85,6 +87,7 @@ def build_runtime(cfg: RouterConfig) -> Runtime:
         deadletters=DeadLetters(client),
         retries=RetrySchedule(client),
         circuits=Circuits(client),
+        inbox=Inbox(client),
         accepts=accepts,
     )
 

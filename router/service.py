@@ -27,12 +27,14 @@ from router.audit import audit_log_from_config
 from router.config import ConfigError, RouterConfig, destination_syntaxes, load_salt
 from router.deliveries import Deliveries
 from router.exporter import AuditSyslogCollector, BrokerCollector, add_collector, start_exporter
+from router.inbox import Inbox, recorded
 from router.logs import get_logger
 from router.queue import (
     FORWARD_QUEUE,
     ROUTE_QUEUE,
     configure,
     enqueue_forward,
+    enqueue_route,
     visibility_timeout,
 )
 from router.retries import RetrySchedule, start_pump_thread
@@ -126,13 +128,14 @@ def start_stalled_sweeper(cfg: RouterConfig) -> threading.Event:
     """Queue again, from this process, deliveries whose task was lost (router/stalled.py)."""
     client = redis.Redis.from_url(cfg.broker_url, socket_connect_timeout=2, socket_timeout=10)
     deliveries = Deliveries(client)
+    inbox = Inbox(client)
     older_than = 2 * visibility_timeout(cfg)
     stop = threading.Event()
 
     def run() -> None:
         while not stop.wait(STALLED_SWEEP_INTERVAL_S):
             try:
-                requeue_stalled(client, deliveries, older_than)
+                requeue_stalled(client, deliveries, inbox, older_than)
             except (redis.RedisError, kombu.exceptions.OperationalError) as exc:
                 log.warning("stalled-delivery sweep: broker unavailable", error=type(exc).__name__)
 
@@ -250,7 +253,8 @@ def serve(cfg: RouterConfig, config_path: Path, workers: int) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
 
-    scp = StorageSCP(cfg, spool, audit)
+    inbox = Inbox(redis.Redis.from_url(cfg.broker_url, socket_connect_timeout=1, socket_timeout=5))
+    scp = StorageSCP(cfg, spool, audit, enqueue=recorded(inbox, enqueue_route))
     scp.start()
     pump = start_retry_pump(cfg)
     sweeper = start_stalled_sweeper(cfg)

@@ -13,6 +13,7 @@ same outcome. Tasks receive spool keys and a few UIDs, never pixel data.
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import Callable
 from copy import deepcopy
 from pathlib import Path
@@ -74,23 +75,30 @@ def _hand_back_on_broker_error(task: Callable[P, None]) -> Callable[P, None]:
 def route(key: str, meta: dict[str, Any]) -> None:
     """Decide the destinations of one spooled instance and queue a forward for each."""
     rt = runtime()
+    if _route(rt, key, meta):
+        rt.inbox.done(key)  # settled: nothing left for the stalled-instance sweep to do
+
+
+def _route(rt: Runtime, key: str, meta: dict[str, Any]) -> bool:
+    """Route one instance; False when it must be routed again later (no ruleset yet)."""
     path = rt.spool.path(key)
     sop_uid = meta.get("sop_instance_uid")
     if not path.exists():
         log.warning("route: spool file already gone", spool_key=key, sop_instance_uid=sop_uid)
-        return
+        return True
     try:
         ruleset = rt.rules.current()
     except RulesetError:
         log.error("route: no valid ruleset loaded; retrying later", spool_key=key)
         app.send_task(ROUTE_TASK, args=[key, meta], countdown=RULES_UNAVAILABLE_RETRY_S)
-        return
+        rt.inbox.touch(key, meta, time.time())  # queued again: not lost
+        return False
     try:
         dataset = dcmread(path, stop_before_pixels=True)
     except (InvalidDicomError, OSError, ValueError) as exc:
         log.error("route: cannot parse spooled instance", spool_key=key, error=str(exc))
         rt.audit.emit("routed", sop_instance_uid=sop_uid, status="unreadable", detail=str(exc))
-        return
+        return True
     view = InstanceView(
         dataset,
         calling_ae=meta.get("calling_ae", ""),
@@ -111,7 +119,7 @@ def route(key: str, meta: dict[str, Any]) -> None:
         metrics.rule_matches.labels(rule_name).inc()
     if decision.unmatched or not decision.destinations:
         _settle_unrouted(rt, key, decision.unmatched, ruleset.unmatched, common)
-        return
+        return True
     send_keys = _outputs(rt, key, path, decision, view)
     received_at = meta.get("received_at")
     since = float(received_at) if isinstance(received_at, int | float) else None
@@ -152,6 +160,7 @@ def route(key: str, meta: dict[str, Any]) -> None:
         rules=list(decision.matched_rules),
         destinations=list(decision.destinations),
     )
+    return True
 
 
 def _outputs(

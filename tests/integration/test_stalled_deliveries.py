@@ -12,9 +12,11 @@ import pytest
 from pydicom import dcmread
 
 from router.deliveries import Deliveries
+from router.inbox import INBOX, Inbox
 from router.spool import Spool
 from router.stalled import queue_head_received, stalled_entries
 from tests.support.capture_scp import CaptureSCP
+from tests.support.dcmtk import storescu
 from tests.support.router_proc import RedisServer, start_router, write_config
 from tests.support.synthetic import write_ct_series
 from tests.support.waiting import wait_until
@@ -97,3 +99,51 @@ def test_router_resumes_a_delivery_whose_task_was_lost(
             assert 'dicom_router_deliveries_resumed_total{destination="pacs"} 1.0' in text
         finally:
             router.stop()
+
+
+def test_router_routes_an_acknowledged_instance_whose_route_task_was_lost(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """What a route task message lost in the broker leaves: a spooled instance in the
+    inbox and no message anywhere. The router routes and delivers it anyway."""
+    with CaptureSCP() as capture:
+        dest = {"pacs": {"ae_title": capture.ae_title, "host": "127.0.0.1", "port": capture.port}}
+        path, config = write_config(tmp_path / "router", redis_server.url, dest,
+                                    "rules:\n  - name: all\n    forward: [pacs]\n",
+                                    broker_visibility_timeout="5s")  # fmt: skip
+        router = start_router(path, config)
+        try:
+            (ct,) = write_ct_series(tmp_path / "ct", 1, rows=64, cols=64, seed=32)
+            spool = Spool(router.spool_dir)
+            key = spool.write_bytes(ct.read_bytes())
+            uid = str(dcmread(ct, stop_before_pixels=True).SOPInstanceUID)
+            meta = {"sop_instance_uid": uid, "calling_ae": "CT01", "called_ae": "ROUTER",
+                    "peer": "127.0.0.1:1", "received_at": time.time() - 60}  # fmt: skip
+            Inbox(redis_server.client()).add(key, meta)
+            capture.wait_for_count(1, timeout=60)
+            assert capture.sop_instance_uids() == [uid]
+            wait_until(lambda: not redis_server.client().hexists(INBOX, key), 30, "inbox cleared")
+            _status, text = router.http("/metrics")
+            assert "dicom_router_instances_resumed_total 1.0" in text
+            (routed,) = router.audit_events("routed")
+            assert routed["sop_instance_uid"] == uid and routed["calling_ae"] == "CT01"
+        finally:
+            router.stop()
+
+
+def test_the_scp_records_each_instance_until_it_is_routed(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """Nothing is routed (no worker): every acknowledged instance waits in the inbox."""
+    dest = {"pacs": {"ae_title": "PACS", "host": "127.0.0.1", "port": 9}}
+    path, config = write_config(tmp_path / "router", redis_server.url, dest,
+                                "rules:\n  - name: all\n    forward: [pacs]\n")  # fmt: skip
+    router = start_router(path, config, workers=0)
+    try:
+        files = write_ct_series(tmp_path / "ct", 3, rows=32, cols=32, seed=33)
+        assert storescu(files, router.port).returncode == 0
+        recorded = {meta["sop_instance_uid"] for _key, meta in
+                    Inbox(redis_server.client()).entries()}  # fmt: skip
+        assert recorded == {str(dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in files}
+    finally:
+        router.stop()
