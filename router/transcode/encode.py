@@ -94,7 +94,7 @@ def frame_encoding(target: str, fmt: PixelFormat, photometric: str) -> FrameEnco
         if photometric == "RGB":
             photometric = "YBR_RCT" if target == JPEG2000_LOSSLESS else "YBR_ICT"
     _check_profile(target, fmt, photometric)
-    options: dict[str, Any] = _pixel_options(fmt, photometric)
+    options: dict[str, Any] = fmt.codec_options(photometric, planar=0, frames=1)
     if target == JPEG2000:
         options["j2k_cr"] = [J2K_RATIO]
     encoder = get_encoder(UID(target))
@@ -129,20 +129,6 @@ def _native_encoder(fmt: PixelFormat) -> Callable[[np.ndarray], bytes]:
     if fmt.bits_allocated == 1:
         return lambda arr: bytes(pack_bits(arr, pad=False))
     return lambda arr: arr.astype(fmt.dtype, copy=False).tobytes()
-
-
-def _pixel_options(fmt: PixelFormat, photometric: str) -> dict[str, Any]:
-    return {
-        "rows": fmt.rows,
-        "columns": fmt.columns,
-        "samples_per_pixel": fmt.samples_per_pixel,
-        "bits_allocated": fmt.bits_allocated,
-        "bits_stored": fmt.bits_stored,
-        "pixel_representation": fmt.pixel_representation,
-        "photometric_interpretation": photometric,
-        "planar_configuration": 0,
-        "number_of_frames": 1,
-    }
 
 
 def _check_profile(target: str, fmt: PixelFormat, photometric: str) -> None:

@@ -72,6 +72,22 @@ class PixelFormat:
             return (self.frame_pixels + 7) // 8
         return self.frame_pixels * self.bits_allocated // 8
 
+    def codec_options(
+        self, photometric: str | None = None, planar: int | None = None, frames: int | None = None
+    ) -> dict[str, Any]:
+        """The image description pydicom's decoders and encoders take as keywords."""
+        return {
+            "rows": self.rows,
+            "columns": self.columns,
+            "samples_per_pixel": self.samples_per_pixel,
+            "bits_allocated": self.bits_allocated,
+            "bits_stored": self.bits_stored,
+            "pixel_representation": self.pixel_representation,
+            "photometric_interpretation": photometric or self.photometric_interpretation,
+            "planar_configuration": self.planar_configuration if planar is None else planar,
+            "number_of_frames": self.frames if frames is None else frames,
+        }
+
     def summary(self) -> str:
         """One line for error messages."""
         return (
@@ -136,15 +152,7 @@ def decoded_frames(source: Source, fmt: PixelFormat) -> Iterator[tuple[np.ndarra
     options: dict[str, Any] = {
         "transfer_syntax_uid": UID(syntax),
         "pixel_keyword": pixel.keyword,
-        "rows": fmt.rows,
-        "columns": fmt.columns,
-        "samples_per_pixel": fmt.samples_per_pixel,
-        "bits_allocated": fmt.bits_allocated,
-        "bits_stored": fmt.bits_stored,
-        "pixel_representation": fmt.pixel_representation,
-        "photometric_interpretation": fmt.photometric_interpretation,
-        "planar_configuration": fmt.planar_configuration,
-        "number_of_frames": fmt.frames,
+        **fmt.codec_options(),
     }
     if pixel.vr:
         options["pixel_vr"] = pixel.vr

@@ -4,8 +4,10 @@ else is: not dead letters, not scheduled retries, not tasks still waiting their 
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,7 +19,7 @@ from router.spool import Spool
 from router.stalled import queue_head_received, stalled_entries
 from tests.support.capture_scp import CaptureSCP
 from tests.support.dcmtk import storescu
-from tests.support.router_proc import RedisServer, start_router, write_config
+from tests.support.router_proc import RedisServer, RouterProcess, start_router, write_config
 from tests.support.synthetic import write_ct_series
 from tests.support.waiting import wait_until
 
@@ -72,11 +74,12 @@ def test_queue_head_is_read_from_the_forward_list(redis_server: RedisServer) -> 
     assert queue_head_received(client) == pytest.approx(time.time(), abs=5)
 
 
-def test_router_resumes_a_delivery_whose_task_was_lost(
-    tmp_path: Path, redis_server: RedisServer
-) -> None:
-    """The state a lost task leaves: a spooled instance, its pending entry and task
-    arguments in Redis, no message in any queue. The router delivers it anyway."""
+@contextlib.contextmanager
+def router_with_one_destination(
+    tmp_path: Path, redis_server: RedisServer, seed: int
+) -> Iterator[tuple[RouterProcess, CaptureSCP, Spool, str, str]]:
+    """A router forwarding everything to a capture SCP, and one CT already in its spool
+    (spool key, SOP Instance UID) that no task knows about."""
     with CaptureSCP() as capture:
         dest = {"pacs": {"ae_title": capture.ae_title, "host": "127.0.0.1", "port": capture.port}}
         path, config = write_config(tmp_path / "router", redis_server.url, dest,
@@ -84,21 +87,31 @@ def test_router_resumes_a_delivery_whose_task_was_lost(
                                     broker_visibility_timeout="5s")  # fmt: skip
         router = start_router(path, config)
         try:
-            (ct,) = write_ct_series(tmp_path / "ct", 1, rows=64, cols=64, seed=31)
+            (ct,) = write_ct_series(tmp_path / "ct", 1, rows=64, cols=64, seed=seed)
             spool = Spool(router.spool_dir)
             key = spool.write_bytes(ct.read_bytes())
             uid = str(dcmread(ct, stop_before_pixels=True).SOPInstanceUID)
-            meta = {"sop_instance_uid": uid, "rule": "all", "send_key": key,
-                    "received_at": time.time() - 60}  # fmt: skip
-            Deliveries(redis_server.client()).expect(key, ["pacs"], time.time() - 60,
-                                                      {"pacs": meta})  # fmt: skip
-            capture.wait_for_count(1, timeout=60)
-            assert capture.sop_instance_uids() == [uid]
-            wait_until(lambda: not spool.path(key).exists(), 30, "the spool file released")
-            _status, text = router.http("/metrics")
-            assert 'dicom_router_deliveries_resumed_total{destination="pacs"} 1.0' in text
+            yield router, capture, spool, key, uid
         finally:
             router.stop()
+
+
+def test_router_resumes_a_delivery_whose_task_was_lost(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """The state a lost task leaves: a spooled instance, its pending entry and task
+    arguments in Redis, no message in any queue. The router delivers it anyway."""
+    with router_with_one_destination(tmp_path, redis_server, 31) as (router, capture, spool,
+                                                                     key, uid):  # fmt: skip
+        meta = {"sop_instance_uid": uid, "rule": "all", "send_key": key,
+                "received_at": time.time() - 60}  # fmt: skip
+        Deliveries(redis_server.client()).expect(key, ["pacs"], time.time() - 60,
+                                                  {"pacs": meta})  # fmt: skip
+        capture.wait_for_count(1, timeout=60)
+        assert capture.sop_instance_uids() == [uid]
+        wait_until(lambda: not spool.path(key).exists(), 30, "the spool file released")
+        _status, text = router.http("/metrics")
+        assert 'dicom_router_deliveries_resumed_total{destination="pacs"} 1.0' in text
 
 
 def test_router_routes_an_acknowledged_instance_whose_route_task_was_lost(
@@ -106,29 +119,18 @@ def test_router_routes_an_acknowledged_instance_whose_route_task_was_lost(
 ) -> None:
     """What a route task message lost in the broker leaves: a spooled instance in the
     inbox and no message anywhere. The router routes and delivers it anyway."""
-    with CaptureSCP() as capture:
-        dest = {"pacs": {"ae_title": capture.ae_title, "host": "127.0.0.1", "port": capture.port}}
-        path, config = write_config(tmp_path / "router", redis_server.url, dest,
-                                    "rules:\n  - name: all\n    forward: [pacs]\n",
-                                    broker_visibility_timeout="5s")  # fmt: skip
-        router = start_router(path, config)
-        try:
-            (ct,) = write_ct_series(tmp_path / "ct", 1, rows=64, cols=64, seed=32)
-            spool = Spool(router.spool_dir)
-            key = spool.write_bytes(ct.read_bytes())
-            uid = str(dcmread(ct, stop_before_pixels=True).SOPInstanceUID)
-            meta = {"sop_instance_uid": uid, "calling_ae": "CT01", "called_ae": "ROUTER",
-                    "peer": "127.0.0.1:1", "received_at": time.time() - 60}  # fmt: skip
-            Inbox(redis_server.client()).add(key, meta)
-            capture.wait_for_count(1, timeout=60)
-            assert capture.sop_instance_uids() == [uid]
-            wait_until(lambda: not redis_server.client().hexists(INBOX, key), 30, "inbox cleared")
-            _status, text = router.http("/metrics")
-            assert "dicom_router_instances_resumed_total 1.0" in text
-            (routed,) = router.audit_events("routed")
-            assert routed["sop_instance_uid"] == uid and routed["calling_ae"] == "CT01"
-        finally:
-            router.stop()
+    with router_with_one_destination(tmp_path, redis_server, 32) as (router, capture, _spool,
+                                                                     key, uid):  # fmt: skip
+        meta = {"sop_instance_uid": uid, "calling_ae": "CT01", "called_ae": "ROUTER",
+                "peer": "127.0.0.1:1", "received_at": time.time() - 60}  # fmt: skip
+        Inbox(redis_server.client()).add(key, meta)
+        capture.wait_for_count(1, timeout=60)
+        assert capture.sop_instance_uids() == [uid]
+        wait_until(lambda: not redis_server.client().hexists(INBOX, key), 30, "inbox cleared")
+        _status, text = router.http("/metrics")
+        assert "dicom_router_instances_resumed_total 1.0" in text
+        (routed,) = router.audit_events("routed")
+        assert routed["sop_instance_uid"] == uid and routed["calling_ae"] == "CT01"
 
 
 def test_the_scp_records_each_instance_until_it_is_routed(
