@@ -37,6 +37,7 @@ from router.rules.conditions import InstanceView, resolve_element
 from router.rules.engine import Decision, decide, destinations_by_rule
 from router.rules.loader import TEST_SUFFIX, Ruleset
 from router.rules.yamlsource import LineDict, SourceError, load_yaml
+from router.transcode import syntax_name
 
 TEST_SALT = b"rule-test-salt"
 """Used by rule tests when no salt is configured, so keyed actions still run."""
@@ -201,7 +202,8 @@ def explain(ruleset: Ruleset, view: InstanceView, salt: bytes) -> list[str]:
         lines.append(f"no rule matched; unmatched policy: {ruleset.unmatched}")
     ctx = ActionContext(view.calling_ae, view.called_ae, view.peer_ip, salt or TEST_SALT)
     for dest, (out, syntax) in outputs(decision, view.dataset, ctx).items():
-        lines.append(f"-> {dest} (rule {decision.destinations[dest]}), transfer syntax {syntax}")
+        shown = syntax if syntax_name(syntax) == syntax else f"{syntax_name(syntax)} ({syntax})"
+        lines.append(f"-> {dest} (rule {decision.destinations[dest]}), transfer syntax {shown}")
         lines.extend(f"    {change}" for change in dataset_changes(view.dataset, out))
     return lines
 

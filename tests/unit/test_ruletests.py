@@ -338,7 +338,7 @@ def test_explain_names_rules_values_and_changes(rules_dir: Path) -> None:
     assert "    Modality equals 'CT': read ['CT'] -> holds" in out
     assert "    [not] PatientName startswith 'TEST^': read ['DOE^J'] -> fails" in out
     assert "    StudyDescription contains 'RESEARCH': read absent -> fails" in out
-    assert "-> pacs (rule ct-to-pacs), transfer syntax 1.2.840.10008.1.2.1" in out
+    assert "-> pacs (rule ct-to-pacs), transfer syntax explicit-little (1.2.840.10008.1.2.1)" in out
     assert "    ~ InstitutionName: A -> General Hospital" in out
     assert not any(line.startswith("no rule matched") for line in out)
     assert ds.InstitutionName == "A"  # explaining changes nothing
