@@ -358,9 +358,9 @@ def load_salt(cfg: RouterConfig) -> bytes:
 
 def destination_syntaxes(cfg: RouterConfig) -> dict[str, list[str]]:
     """Destination name -> transfer syntax UIDs it accepts (names translated; unknown kept)."""
-    from router.rules.actions import transfer_syntax_uid
+    from router.transcode import syntax_uid
 
     return {
-        name: [transfer_syntax_uid(ts) or ts for ts in dest.transfer_syntaxes]
+        name: [syntax_uid(ts) or ts for ts in dest.transfer_syntaxes]
         for name, dest in cfg.destinations.items()
     }

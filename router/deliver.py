@@ -119,7 +119,7 @@ def deliver(
         outcome, status_text = Outcome.RETRY, CIRCUIT_OPEN
     else:
         attempted = send_once(
-            SendContext(rt.cfg.destinations[destination], rt.accepts.get(destination, []),
+            SendContext(dest_cfg, rt.accepts.get(destination, []),
                         rt.pool, rt.circuits, rt.spool.tmp),
             destination, path, meta,
         )  # fmt: skip

@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydicom.filereader import read_file_meta_info
 from pynetdicom import AE, _config, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
@@ -248,15 +247,6 @@ class AssociationPool:
         self._pooled[name] = pooled
         self._start_reaper()
         return pooled
-
-    def send_file(self, name: str, peer: Peer, path: Path) -> int:
-        """C-STORE the file at ``path`` in its own transfer syntax; returns the DIMSE status."""
-        meta = read_file_meta_info(path)
-        syntax = str(meta.TransferSyntaxUID)
-        status, _sent = self.send(
-            name, peer, str(meta.MediaStorageSOPClassUID), [syntax], lambda _chosen: path
-        )
-        return status
 
     def send(
         self,

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from types import FrameType
 
@@ -211,18 +212,28 @@ def readiness_check(cfg: RouterConfig, spool: Spool, rules: LiveRuleset) -> list
     return problems
 
 
-def start_worker_exporter(cfg: RouterConfig, port: int) -> None:
-    """The metrics endpoint of a standalone worker: its own processes' metrics, the
-    broker's queue depths, and readiness (broker, spool, rules) as for ``serve``."""
-    spool = Spool(cfg.spool.dir)
-    rules = LiveRuleset(cfg.rules, destination_syntaxes(cfg), salt_available=bool(load_salt(cfg)))
+def live_rules(cfg: RouterConfig) -> LiveRuleset:
+    """The ruleset as workers load it: checked against the destinations and the salt."""
+    return LiveRuleset(cfg.rules, destination_syntaxes(cfg), salt_available=bool(load_salt(cfg)))
+
+
+def start_metrics_endpoint(
+    cfg: RouterConfig, port: int, spool: Spool, rules: LiveRuleset
+) -> ThreadingHTTPServer:
+    """/metrics (with the broker's queue depths), /healthz and /readyz on ``port``."""
     broker = BrokerCollector(
         redis.Redis.from_url(cfg.broker_url, socket_connect_timeout=1, socket_timeout=2),
         (ROUTE_QUEUE, FORWARD_QUEUE),
     )
-    server = start_exporter(
+    return start_exporter(
         cfg.metrics.host, port, lambda: readiness_check(cfg, spool, rules), broker
     )
+
+
+def start_worker_exporter(cfg: RouterConfig, port: int) -> None:
+    """The metrics endpoint of a standalone worker: its own processes' metrics, the
+    broker's queue depths, and readiness (broker, spool, rules) as for ``serve``."""
+    server = start_metrics_endpoint(cfg, port, Spool(cfg.spool.dir), live_rules(cfg))
     log.info("worker metrics listening", host=cfg.metrics.host, port=server.server_address[1])
 
 
@@ -240,7 +251,7 @@ def serve(cfg: RouterConfig, config_path: Path, workers: int) -> int:
     if cfg.audit.syslog is not None:
         queue = SyslogQueue(cfg.audit.syslog.queue_dir)
         add_collector(AuditSyslogCollector(lambda: len(queue.pending())))
-    rules = LiveRuleset(cfg.rules, destination_syntaxes(cfg), salt_available=bool(load_salt(cfg)))
+    rules = live_rules(cfg)
     try:
         rules.current()
     except Exception as exc:
@@ -259,13 +270,7 @@ def serve(cfg: RouterConfig, config_path: Path, workers: int) -> int:
     scp.start()
     pump = start_retry_pump(cfg)
     sweeper = start_stalled_sweeper(cfg)
-    broker = BrokerCollector(
-        redis.Redis.from_url(cfg.broker_url, socket_connect_timeout=1, socket_timeout=2),
-        (ROUTE_QUEUE, FORWARD_QUEUE),
-    )
-    exporter = start_exporter(
-        cfg.metrics.host, cfg.metrics.port, lambda: readiness_check(cfg, spool, rules), broker
-    )
+    exporter = start_metrics_endpoint(cfg, cfg.metrics.port, spool, rules)
     worker = WorkerProcess(config_path, workers) if workers > 0 else None
     if worker is not None:
         worker.start()

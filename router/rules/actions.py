@@ -374,11 +374,6 @@ def _compile_deidentify(spec: Any, line: int, errors: CompileErrors) -> list[App
     return [lambda ds, ctx: deid.deidentify(ds, chosen, ctx.salt)]
 
 
-def transfer_syntax_uid(name: str) -> str | None:
-    """The UID for a syntax name (or a UID given directly), None if unknown."""
-    return syntax_uid(name)
-
-
 _COMPILERS: dict[str, Callable[[Any, int, CompileErrors], list[Apply]]] = {
     "set": _compile_set,
     "delete": _compile_delete,
@@ -408,7 +403,7 @@ def compile_actions(raw: Any, line: int, errors: CompileErrors) -> CompiledActio
             continue
         ((verb, spec),) = item.items()
         if verb == "transcode":
-            syntax = transfer_syntax_uid(str(spec))
+            syntax = syntax_uid(str(spec))
             if syntax is None:
                 known = ", ".join(TRANSFER_SYNTAX_NAMES)
                 errors.add(

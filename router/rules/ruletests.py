@@ -37,7 +37,7 @@ from router.rules.conditions import InstanceView, resolve_element
 from router.rules.engine import Decision, decide, destinations_by_rule
 from router.rules.loader import TEST_SUFFIX, Ruleset
 from router.rules.yamlsource import LineDict, SourceError, load_yaml
-from router.transcode import syntax_name
+from router.transcode import syntax_name, syntax_uid
 
 TEST_SALT = b"rule-test-salt"
 """Used by rule tests when no salt is configured, so keyed actions still run."""
@@ -146,9 +146,7 @@ def _check_case(case: Any, base: Path, ruleset: Ruleset, salt: bytes, res: CaseR
                 if tag is not None and tag in got[dest][0]:
                     res.failures.append(f"{dest}: {name} should be absent")
     for dest, syntax in (expect.get("transfer_syntax") or {}).items():
-        from router.rules.actions import transfer_syntax_uid
-
-        wanted_uid = transfer_syntax_uid(str(syntax)) or str(syntax)
+        wanted_uid = syntax_uid(str(syntax)) or str(syntax)
         if dest not in got:
             res.failures.append(f"transfer_syntax: {dest} receives nothing")
         elif got[dest][1] != wanted_uid:

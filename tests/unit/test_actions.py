@@ -19,12 +19,12 @@ from router.rules.actions import (
     ActionContext,
     CompiledActions,
     compile_actions,
-    transfer_syntax_uid,
 )
 from router.rules.conditions import CompileErrors, Problem
 from router.rules.keyed import UID_ROOT
 from router.rules.loader import RulesetError, load_ruleset
 from router.rules.yamlsource import load_yaml
+from router.transcode import syntax_uid
 
 SALT = b"unit-test-salt"
 CTX = ActionContext(calling_ae="CT01", called_ae="ROUTER", peer_ip="10.0.0.7", salt=SALT)
@@ -418,7 +418,7 @@ def test_transcode_unknown_name_is_error() -> None:
 
 
 def test_transcode_to_a_sop_class_uid_is_error() -> None:
-    assert transfer_syntax_uid(CTImageStorage) is None
+    assert syntax_uid(CTImageStorage) is None
 
 
 # --- order and shape ----------------------------------------------------------------------
