@@ -24,6 +24,9 @@ OPEN_AFTER = 3
 """Consecutive connection-level failures that open the circuit."""
 FIRST_COOL_DOWN_S = 2.0
 MAX_COOL_DOWN_S = 30.0
+CLOSED_RECHECK_S = 0.5
+"""How long a process trusts having seen no circuit record before asking Redis again:
+a circuit another worker opens applies here at most this much later."""
 
 
 class Circuits:
@@ -33,11 +36,16 @@ class Circuits:
         self.redis = client
         self._maybe_open: set[str] = set()
         """Destinations this process saw with a circuit record (to close it on success)."""
+        self._closed_until: dict[str, float] = {}
+        """Destination -> until when (monotonic) its circuit is taken as closed unasked."""
 
     def blocked_for(self, destination: str, probe_timeout_s: float) -> float:
         """0 if a delivery may try now; else seconds to wait before asking again."""
+        if time.monotonic() < self._closed_until.get(destination, 0.0):
+            return 0.0  # a busy destination costs no round trip per delivery
         raw = self.redis.hget(PREFIX + destination, "open_until")
         if raw is None:
+            self._closed_until[destination] = time.monotonic() + CLOSED_RECHECK_S
             return 0.0
         self._maybe_open.add(destination)
         wait = float(raw) - time.time()
@@ -53,6 +61,7 @@ class Circuits:
         """A connection-level failure; opens (or re-opens) the circuit past the threshold."""
         key = PREFIX + destination
         self._maybe_open.add(destination)
+        self._closed_until.pop(destination, None)
         failures = int(self.redis.hincrby(key, "failures", 1))
         if failures >= OPEN_AFTER:
             opens = failures - OPEN_AFTER

@@ -38,9 +38,11 @@ def backoff_delay(attempt: int, initial: float, maximum: float) -> float:
     return random.uniform(0, ceiling)
 
 
-def finish(rt: Runtime, key: str) -> None:
-    """Every destination has the instance: release the original and its changed copies."""
-    release_instance(rt.deliveries, rt.spool, key, rt.cfg.spool.retention_hours)
+def _record_delivery(rt: Runtime, key: str, destination: str, sop_uid: str, digest: str) -> None:
+    """Record the delivery; after the last destination, release the original and its copies."""
+    derived = rt.deliveries.delivered(key, destination, sop_uid, digest)
+    if derived is not None:
+        release_instance(rt.deliveries, rt.spool, key, rt.cfg.spool.retention_hours, derived)
 
 
 def _patient_id(path: Path) -> str | None:
@@ -80,11 +82,13 @@ def deliver(
     meta: dict[str, Any],
     attempt: int = 1,
     digests: dict[str, str] | None = None,
+    new: bool = False,
 ) -> None:
     """One delivery attempt and its bookkeeping (from a forward task or from route).
 
     ``digests`` holds content hashes by spool key already computed by the caller
-    (route hashes each file once, however many destinations get it).
+    (route hashes each file once, however many destinations get it). ``new``: the
+    caller has just found no delivery record for this content and destination.
     """
     sop_uid = str(meta.get("sop_instance_uid", ""))
     audit_fields = {
@@ -107,11 +111,10 @@ def deliver(
     if rt.audit.dicom is not None:  # DICOM audit messages name the patient (PS3.15 A.5.3)
         audit_fields["patient_id"] = _patient_id(path)
     digest = (digests or {}).get(meta.get("send_key") or key) or digest_of(path)
-    if rt.deliveries.already_delivered(destination, sop_uid, digest):
+    if not new and rt.deliveries.already_delivered(destination, sop_uid, digest):
         log.info("forward: already delivered, not sending again", spool_key=key,
                  destination=destination, sop_instance_uid=sop_uid)  # fmt: skip
-        if rt.deliveries.delivered(key, destination, sop_uid, digest):
-            finish(rt, key)
+        _record_delivery(rt, key, destination, sop_uid, digest)
         return
     blocked = rt.circuits.blocked_for(destination, probe_timeout_s=2 * dest_cfg.timeout + 10)
     if blocked > 0:
@@ -138,8 +141,7 @@ def deliver(
         if isinstance(received_at, int | float):
             metrics.end_to_end_seconds.labels(destination).observe(time.time() - received_at)
         rt.audit.emit("forwarded", status=status_text, **audit_fields)
-        if rt.deliveries.delivered(key, destination, sop_uid, digest):
-            finish(rt, key)
+        _record_delivery(rt, key, destination, sop_uid, digest)
         log.debug("forwarded", spool_key=key, destination=destination, sop_instance_uid=sop_uid,
                  status=status_text, attempt=attempt)  # fmt: skip
         return

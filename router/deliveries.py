@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import redis
@@ -64,21 +64,32 @@ class Deliveries:
         destinations: Iterable[str],
         since: float | None = None,
         tasks: Mapping[str, Mapping[str, Any]] | None = None,
-    ) -> None:
+        also: Callable[[Any], None] | None = None,
+        check: Sequence[tuple[str, str, str]] = (),
+    ) -> set[str]:
         """Record the destinations an instance must reach (idempotent), and since when.
 
         ``tasks`` (destination -> forward metadata) lets a delivery whose task was
-        lost be queued again (router/stalled.py).
+        lost be queued again (router/stalled.py). ``also`` adds commands of the
+        caller's to the same transaction (and round trip). ``check`` lists
+        (destination, SOP Instance UID, digest) to look up as ``already_delivered``
+        does; returns the destinations among them that already have the instance.
         """
         fields = {dest: f"queued@{since or time.time()}" for dest in destinations}
         if not fields:
-            return
+            return set()
         pipe = self.redis.pipeline(transaction=True)
         pipe.hset(pending_key(spool_key), mapping=fields)  # type: ignore[arg-type]
         if tasks:
             encoded = {dest: json.dumps(meta) for dest, meta in tasks.items()}
             pipe.hset(task_key(spool_key), mapping=encoded)  # type: ignore[arg-type]
-        pipe.execute()
+        if also is not None:
+            also(pipe)
+        for destination, sop_instance_uid, digest in check:
+            pipe.exists(delivered_key(destination, sop_instance_uid, digest))
+        results = pipe.execute()
+        found = results[len(results) - len(check) :]
+        return {dest for (dest, _uid, _digest), hit in zip(check, found, strict=True) if hit}
 
     def retrying(self, spool_key: str, destination: str, due: float) -> None:
         """The delivery waits in the retry schedule until ``due``: not stalled before."""
@@ -106,8 +117,14 @@ class Deliveries:
 
     def delivered(
         self, spool_key: str, destination: str, sop_instance_uid: str, digest: str
-    ) -> bool:
-        """Record a delivery; True if it was the last destination this instance waited for."""
+    ) -> list[str] | None:
+        """Record a delivery.
+
+        Returns None while other destinations still wait for the instance; after the
+        last one, the instance's changed copies (usually none), which the caller
+        releases with it (``release_instance``). The copies are read in the same
+        transaction, so the common case costs one round trip.
+        """
         pipe = self.redis.pipeline(transaction=True)
         now = time.time()
         pipe.set(delivered_key(destination, sop_instance_uid, digest), "1", ex=DELIVERED_TTL_S)
@@ -118,8 +135,14 @@ class Deliveries:
         log_key = delivered_log_key(destination)
         pipe.zadd(log_key, {f"{spool_key}:{now}": now})
         pipe.zremrangebyscore(log_key, "-inf", now - 3600)
+        pipe.smembers(derived_key(spool_key))
         results = pipe.execute()
-        return int(results[2]) == 0
+        if int(results[2]) != 0:
+            return None
+        derived: set[bytes] = results[-1]
+        if derived:
+            self.redis.delete(derived_key(spool_key))
+        return sorted(member.decode() for member in derived)
 
     def fail_over(
         self, spool_key: str, destination: str, alternate: str, meta: Mapping[str, Any]
@@ -149,9 +172,16 @@ class Deliveries:
 
 
 def release_instance(
-    deliveries: Deliveries, spool: Spool, key: str, retention_hours: float
+    deliveries: Deliveries,
+    spool: Spool,
+    key: str,
+    retention_hours: float,
+    derived: list[str] | None = None,
 ) -> None:
-    """No destination waits for the instance any more: release it and its changed copies."""
-    for derived in deliveries.take_derived(key):
-        spool.finish(derived, retention_hours)
+    """No destination waits for the instance any more: release it and its changed copies.
+
+    ``derived``: the copies, when the caller already took them (``delivered``).
+    """
+    for copy in deliveries.take_derived(key) if derived is None else derived:
+        spool.finish(copy, retention_hours)
     spool.finish(key, retention_hours)

@@ -40,6 +40,15 @@ class Inbox:
     def done(self, spool_key: str) -> None:
         self.redis.hdel(INBOX, spool_key)
 
+    @staticmethod
+    def done_in(spool_key: str) -> Callable[[Any], None]:
+        """``done`` as a step of someone else's Redis transaction (a pipeline)."""
+
+        def step(pipe: Any) -> None:
+            pipe.hdel(INBOX, spool_key)
+
+        return step
+
     def entries(self) -> Iterator[tuple[str, dict[str, Any]]]:
         for raw_key, raw_meta in self.redis.hscan_iter(INBOX, count=500):
             yield raw_key.decode(), json.loads(raw_meta)

@@ -240,6 +240,7 @@ class StorageSCP:
     # --- handlers ---------------------------------------------------------------
     def _on_connect(self, event: Any) -> None:
         set_nodelay(event)
+        quiet.bulk_reads(event.assoc.dul.socket)
         _cap_pdu_reads(event, self.pdu_limit)
 
     @staticmethod

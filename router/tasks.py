@@ -74,31 +74,37 @@ def _hand_back_on_broker_error(task: Callable[P, None]) -> Callable[P, None]:
 @_hand_back_on_broker_error
 def route(key: str, meta: dict[str, Any]) -> None:
     """Decide the destinations of one spooled instance and queue a forward for each."""
-    rt = runtime()
-    if _route(rt, key, meta):
-        rt.inbox.done(key)  # settled: nothing left for the stalled-instance sweep to do
+    _route(runtime(), key, meta)
 
 
-def _route(rt: Runtime, key: str, meta: dict[str, Any]) -> bool:
-    """Route one instance; False when it must be routed again later (no ruleset yet)."""
+def _route(rt: Runtime, key: str, meta: dict[str, Any]) -> None:
+    """Route one instance, and clear its inbox record once it is settled.
+
+    Settled means every delivery is recorded as pending (with its task arguments)
+    or the instance went nowhere; from then on the stalled-work sweep no longer
+    needs the inbox record. Without a ruleset the route task is queued again and
+    the record stays.
+    """
     path = rt.spool.path(key)
     sop_uid = meta.get("sop_instance_uid")
     if not path.exists():
         log.warning("route: spool file already gone", spool_key=key, sop_instance_uid=sop_uid)
-        return True
+        rt.inbox.done(key)
+        return
     try:
         ruleset = rt.rules.current()
     except RulesetError:
         log.error("route: no valid ruleset loaded; retrying later", spool_key=key)
         app.send_task(ROUTE_TASK, args=[key, meta], countdown=RULES_UNAVAILABLE_RETRY_S)
         rt.inbox.touch(key, meta, time.time())  # queued again: not lost
-        return False
+        return
     try:
         dataset = dcmread(path, stop_before_pixels=True)
     except (InvalidDicomError, OSError, ValueError) as exc:
         log.error("route: cannot parse spooled instance", spool_key=key, error=str(exc))
         rt.audit.emit("routed", sop_instance_uid=sop_uid, status="unreadable", detail=str(exc))
-        return True
+        rt.inbox.done(key)
+        return
     view = InstanceView(
         dataset,
         calling_ae=meta.get("calling_ae", ""),
@@ -119,7 +125,8 @@ def _route(rt: Runtime, key: str, meta: dict[str, Any]) -> bool:
         metrics.rule_matches.labels(rule_name).inc()
     if decision.unmatched or not decision.destinations:
         _settle_unrouted(rt, key, decision.unmatched, ruleset.unmatched, common)
-        return True
+        rt.inbox.done(key)
+        return
     send_keys = _outputs(rt, key, path, decision, view)
     received_at = meta.get("received_at")
     since = float(received_at) if isinstance(received_at, int | float) else None
@@ -130,26 +137,35 @@ def _route(rt: Runtime, key: str, meta: dict[str, Any]) -> bool:
         if target is not None:
             forward_meta.update(transcode=target, allow_lossy=is_lossy(target))
         tasks[destination] = forward_meta
-    rt.deliveries.expect(key, decision.destinations, since, tasks)
-    inline: list[tuple[str, dict[str, Any]]] = []
-    for destination, forward_meta in tasks.items():
-        rt.audit.emit("routed", rule=forward_meta["rule"], destination=destination, **common)
-        if rt.pool.answering(destination):
-            inline.append((destination, forward_meta))
-        else:
-            enqueue_forward(key, destination, forward_meta)
     # Destinations this process is already talking to get the instance from here,
     # after every other destination's forward task is queued; see `deliver`.
+    inline = [(dest, forward_meta) for dest, forward_meta in tasks.items()
+              if rt.pool.answering(dest)]  # fmt: skip
     digests = {
-        forward_meta["send_key"]: digest_of(rt.spool.path(forward_meta["send_key"]))
-        for _destination, forward_meta in inline
+        send_key: digest_of(rt.spool.path(send_key))
+        for send_key in {forward_meta["send_key"] for _destination, forward_meta in inline}
     }
+    # One transaction records the deliveries, clears the inbox record and tells
+    # which direct deliveries were made before (a resent or re-routed instance).
+    sent_before = rt.deliveries.expect(
+        key, decision.destinations, since, tasks, also=rt.inbox.done_in(key),
+        check=[(dest, str(meta.get("sop_instance_uid", "")), digests[m["send_key"]])
+               for dest, m in inline],
+    )  # fmt: skip
+    direct = {dest for dest, _meta in inline}
+    for destination, forward_meta in tasks.items():
+        rt.audit.emit("routed", rule=forward_meta["rule"], destination=destination, **common)
+        if destination not in direct:
+            enqueue_forward(key, destination, forward_meta)
     if len(inline) == 1:
-        deliver(rt, key, *inline[0], digests=digests)
+        dest, forward_meta = inline[0]
+        deliver(rt, key, dest, forward_meta, digests=digests, new=dest not in sent_before)
     elif inline:  # one thread per destination: each waits for its own peer
         sends = [
-            sender_threads().submit(deliver, rt, key, destination, forward_meta, 1, digests)
-            for destination, forward_meta in inline
+            sender_threads().submit(
+                deliver, rt, key, dest, forward_meta, 1, digests, dest not in sent_before
+            )
+            for dest, forward_meta in inline
         ]
         for send in sends:
             send.result()
@@ -160,7 +176,6 @@ def _route(rt: Runtime, key: str, meta: dict[str, Any]) -> bool:
         rules=list(decision.matched_rules),
         destinations=list(decision.destinations),
     )
-    return True
 
 
 def _outputs(

@@ -17,6 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from tests.bench.sinks import running_sinks
 from tests.support.capture_scp import CaptureSCP
 from tests.support.dcmtk import storescu
 from tests.support.router_proc import RedisServer, start_router, write_config
@@ -38,37 +39,45 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=300)
     parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument(
+        "--polling-sinks",
+        action="store_true",
+        help="stock pynetdicom sinks (polling, writing to disk); see sinks.py",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="dicom-router-fanout-") as tmp:
         root = Path(tmp)
         redis_server = RedisServer(root / "redis")
         redis_server.start()
-        sinks = [CaptureSCP(ae_title=f"SINK{i}").start() for i in range(3)]
         routers = []
         try:
-            for db, (name, chosen) in enumerate((("one", sinks[:1]), ("three", sinks))):
-                dests = {s.ae_title.lower(): {"ae_title": s.ae_title, "host": "127.0.0.1",
-                                              "port": s.port} for s in chosen}  # fmt: skip
-                rules = f"rules:\n  - name: all\n    forward: [{', '.join(dests)}]\n"
-                # One Redis database per router: routers sharing one would take each
-                # other's tasks.
-                url = redis_server.url.rsplit("/", 1)[0] + f"/{db}"
-                path, config = write_config(root / name, url, dests, rules)
-                routers.append((start_router(path, config), chosen))
-            results: dict[int, list[float]] = {1: [], 3: []}
-            for rep in range(args.reps):
-                # Fresh UIDs each repetition, so delivery records never short-cut a send.
-                files = write_ct_series(root / f"series{rep}", args.count, seed=rep)
-                for router, chosen in routers:
-                    results[len(chosen)].append(timed(files, router.port, chosen))
-                print(f"rep {rep + 1}: 1 destination {results[1][-1]:.2f} s, "
-                      f"3 destinations {results[3][-1]:.2f} s")  # fmt: skip
+            with running_sinks(3, polling=args.polling_sinks) as sinks:
+                for db, (name, chosen) in enumerate((("one", sinks[:1]), ("three", sinks))):
+                    dests = {s.ae_title.lower(): {"ae_title": s.ae_title, "host": "127.0.0.1",
+                                                  "port": s.port} for s in chosen}  # fmt: skip
+                    rules = f"rules:\n  - name: all\n    forward: [{', '.join(dests)}]\n"
+                    # One Redis database per router: routers sharing one would take
+                    # each other's tasks.
+                    url = redis_server.url.rsplit("/", 1)[0] + f"/{db}"
+                    path, config = write_config(root / name, url, dests, rules)
+                    routers.append((start_router(path, config), chosen))
+                results: dict[int, list[float]] = {1: [], 3: []}
+                for rep in range(args.reps):
+                    # Fresh UIDs each repetition: delivery records never short-cut a send.
+                    files = write_ct_series(root / f"series{rep}", args.count, seed=rep)
+                    for router, chosen in routers:
+                        results[len(chosen)].append(timed(files, router.port, chosen))
+                    print(f"rep {rep + 1}: 1 destination {results[1][-1]:.2f} s, "
+                          f"3 destinations {results[3][-1]:.2f} s")  # fmt: skip
+                for router, _ in routers:
+                    router.stop()
+                routers.clear()
         finally:
             for router, _ in routers:
                 router.stop()
-            for sink in sinks:
-                sink.stop()
             redis_server.stop()
+    sinks_used = "polling pynetdicom sinks" if args.polling_sinks else "quiet sinks on tmpfs"
+    print(f"sinks: {sinks_used}")
     one, three = statistics.median(results[1]), statistics.median(results[3])
     print(f"{args.count} instances: 1 destination median {one:.2f} s, "
           f"3 destinations median {three:.2f} s")  # fmt: skip

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import psutil
 
+from tests.bench.sinks import running_sinks
 from tests.support.capture_scp import CaptureSCP
 from tests.support.dcmtk import storescu
 from tests.support.router_proc import RedisServer, start_router, write_config
@@ -79,6 +80,11 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=300)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument(
+        "--polling-sinks",
+        action="store_true",
+        help="a stock pynetdicom sink (polling, writing to disk); see sinks.py",
+    )
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="dicom-router-bench-") as tmp:
@@ -87,7 +93,7 @@ def main() -> None:
         size_mb = sum(f.stat().st_size for f in files) / 2**20
         redis_server = RedisServer(root / "redis")
         redis_server.start()
-        with CaptureSCP(out_dir=root / "sink") as sink:
+        with running_sinks(1, polling=args.polling_sinks) as (sink,):
             destinations = {"sink": {"ae_title": sink.ae_title, "host": "127.0.0.1",
                                      "port": sink.port}}  # fmt: skip
             path, config = write_config(root / "router", redis_server.url, destinations, RULES)
@@ -110,6 +116,8 @@ def main() -> None:
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
     )
+    sink_used = "a polling pynetdicom sink" if args.polling_sinks else "a quiet sink on tmpfs"
+    print(f"sink: {sink_used}")
     print(f"instances: {args.count} ({size_mb:.0f} MiB), router workers: {args.workers}")
     print(f"direct storescu -> sink: median {d:.2f} s ({args.count / d:.0f} instances/s)")
     print(f"storescu -> router -> sink: median {r:.2f} s ({args.count / r:.0f} instances/s)")

@@ -173,6 +173,14 @@ class _StoreWriter:
                 raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
+def _quiet_association(event: Event) -> None:
+    # Imported here: the SCP stays usable without the router's package installed.
+    from router.quiet import bulk_reads, quiet_acceptor
+
+    bulk_reads(event.assoc.dul.socket)
+    quiet_acceptor(event.assoc)
+
+
 def build_ae(
     ae_title: str = "CAPTURE",
     transfer_syntaxes: Sequence[str] = DEFAULT_TRANSFER_SYNTAXES,
@@ -225,6 +233,11 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--fail-sop-class", help="refuse every store of this SOP class UID")
     parser.add_argument("--fail-status", type=lambda v: int(v, 0), default=0xA700)
     parser.add_argument("--stats", type=Path, help="file for the most associations open at once")
+    parser.add_argument(
+        "--quiet",
+        action="store_true",
+        help="associations wait for data instead of polling (router.quiet); for benchmarks",
+    )
     return parser.parse_args(argv)
 
 
@@ -261,6 +274,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             (evt.EVT_C_STORE, writer.handle_store),
             (evt.EVT_CONN_OPEN, writer.handle_conn_open),
             *writer.track_associations(args.stats),
+            *([(evt.EVT_ESTABLISHED, _quiet_association)] if args.quiet else []),
         ],
     )
     assert server is not None

@@ -1,0 +1,78 @@
+"""The Redis bookkeeping of deliveries, on a real Redis: what one round trip records
+and answers, and how long a circuit opened elsewhere may go unseen."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from router.circuit import CLOSED_RECHECK_S, OPEN_AFTER, Circuits
+from router.deliveries import Deliveries, delivered_key, derived_key, pending_key
+from router.inbox import INBOX, Inbox
+from tests.support.router_proc import RedisServer
+
+pytestmark = pytest.mark.integration
+
+
+def test_expect_records_clears_the_inbox_and_finds_earlier_deliveries(
+    redis_server: RedisServer,
+) -> None:
+    client = redis_server.client()
+    deliveries, inbox = Deliveries(client), Inbox(client)
+    inbox.add("k1", {"sop_instance_uid": "1.2.3"})
+    client.set(delivered_key("pacs", "1.2.3", "d1"), "1")  # sent before, same content
+
+    found = deliveries.expect(
+        "k1", ["pacs", "archive"], 100.0, {"pacs": {}, "archive": {}},
+        also=inbox.done_in("k1"),
+        check=[("pacs", "1.2.3", "d1"), ("archive", "1.2.3", "d1")],
+    )  # fmt: skip
+
+    assert found == {"pacs"}
+    assert not client.hexists(INBOX, "k1")
+    assert set(client.hgetall(pending_key("k1"))) == {b"pacs", b"archive"}
+    # Changed content under the same UID is a new delivery.
+    assert deliveries.expect("k2", ["pacs"], check=[("pacs", "1.2.3", "d2")]) == set()
+
+
+def test_the_last_delivery_hands_back_the_changed_copies(redis_server: RedisServer) -> None:
+    client = redis_server.client()
+    deliveries = Deliveries(client)
+    deliveries.expect("k1", ["pacs", "archive"])
+    deliveries.add_derived("k1", "copy-b")
+    deliveries.add_derived("k1", "copy-a")
+
+    assert deliveries.delivered("k1", "pacs", "1.2.3", "d") is None  # archive still waits
+    assert client.exists(derived_key("k1"))
+    assert deliveries.delivered("k1", "archive", "1.2.3", "d") == ["copy-a", "copy-b"]
+    assert not client.exists(derived_key("k1"))
+    assert not client.exists(pending_key("k1"))
+
+    deliveries.expect("k2", ["pacs"])
+    assert deliveries.delivered("k2", "pacs", "1.2.4", "d") == []  # last, no copies
+
+
+def test_a_circuit_opened_elsewhere_applies_within_the_recheck_interval(
+    redis_server: RedisServer,
+) -> None:
+    client = redis_server.client()
+    here, elsewhere = Circuits(client), Circuits(client)
+    assert here.blocked_for("pacs", probe_timeout_s=5) == 0.0  # closed, and remembered
+    for _ in range(OPEN_AFTER):
+        elsewhere.failed("pacs")
+    opened = time.monotonic()
+    while here.blocked_for("pacs", probe_timeout_s=5) == 0.0:
+        assert time.monotonic() - opened < CLOSED_RECHECK_S + 0.5
+        time.sleep(0.02)
+    assert here.blocked_for("pacs", probe_timeout_s=5) > 0
+
+
+def test_a_failure_seen_here_is_not_hidden_by_the_remembered_closed_state(
+    redis_server: RedisServer,
+) -> None:
+    circuits = Circuits(redis_server.client())
+    assert circuits.blocked_for("pacs", probe_timeout_s=5) == 0.0
+    for _ in range(OPEN_AFTER):
+        circuits.failed("pacs")
+    assert circuits.blocked_for("pacs", probe_timeout_s=5) > 0
