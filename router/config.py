@@ -364,3 +364,18 @@ def destination_syntaxes(cfg: RouterConfig) -> dict[str, list[str]]:
         name: [syntax_uid(ts) or ts for ts in dest.transfer_syntaxes]
         for name, dest in cfg.destinations.items()
     }
+
+
+def association_shortfalls(cfg: RouterConfig, worker_processes: int) -> dict[str, int]:
+    """Destinations allowing fewer associations than there are worker processes here.
+
+    Each worker process holds at most one association per destination; a process
+    that finds every slot taken puts its delivery back in the retry schedule for
+    0.2-1 s, so more processes than slots make deliveries to that destination wait.
+    Returns destination -> ``max_associations``.
+    """
+    return {
+        name: dest.max_associations
+        for name, dest in cfg.destinations.items()
+        if dest.max_associations < worker_processes
+    }

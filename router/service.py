@@ -25,7 +25,13 @@ import kombu.exceptions
 import redis
 
 from router.audit import audit_log_from_config
-from router.config import ConfigError, RouterConfig, destination_syntaxes, load_salt
+from router.config import (
+    ConfigError,
+    RouterConfig,
+    association_shortfalls,
+    destination_syntaxes,
+    load_salt,
+)
 from router.deliveries import Deliveries
 from router.exporter import AuditSyslogCollector, BrokerCollector, add_collector, start_exporter
 from router.inbox import Inbox, recorded
@@ -282,6 +288,12 @@ def serve(cfg: RouterConfig, config_path: Path, workers: int) -> int:
         metrics_port=exporter.server_address[1],
         workers=workers,
     )
+    for destination, limit in association_shortfalls(cfg, workers).items():
+        log.warning(
+            "destination allows fewer associations than there are worker processes; "
+            "deliveries to it will wait for a free slot (raise its max_associations)",
+            destination=destination, max_associations=limit, workers=workers,
+        )  # fmt: skip
     audit.application(started=True)
     last_sweep = 0.0
     try:

@@ -39,6 +39,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=300)
     parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--workers", type=int, default=2, help="worker processes per router")
     parser.add_argument(
         "--polling-sinks",
         action="store_true",
@@ -60,7 +61,7 @@ def main() -> None:
                     # each other's tasks.
                     url = redis_server.url.rsplit("/", 1)[0] + f"/{db}"
                     path, config = write_config(root / name, url, dests, rules)
-                    routers.append((start_router(path, config), chosen))
+                    routers.append((start_router(path, config, workers=args.workers), chosen))
                 results: dict[int, list[float]] = {1: [], 3: []}
                 for rep in range(args.reps):
                     # Fresh UIDs each repetition: delivery records never short-cut a send.
@@ -77,7 +78,7 @@ def main() -> None:
                 router.stop()
             redis_server.stop()
     sinks_used = "polling pynetdicom sinks" if args.polling_sinks else "quiet sinks on tmpfs"
-    print(f"sinks: {sinks_used}")
+    print(f"sinks: {sinks_used}; router workers: {args.workers}")
     one, three = statistics.median(results[1]), statistics.median(results[3])
     print(f"{args.count} instances: 1 destination median {one:.2f} s, "
           f"3 destinations median {three:.2f} s")  # fmt: skip

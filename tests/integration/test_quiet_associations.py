@@ -14,6 +14,7 @@ from pydicom import dcmread
 from router import quiet
 from router.scu import AssociationPool, Peer
 from tests.support.capture_scp import CaptureSCP
+from tests.support.dcmtk import storescu
 from tests.support.synthetic import write_ct_series
 
 pytestmark = pytest.mark.integration
@@ -91,3 +92,17 @@ def test_a_parked_outbound_association_stays_paused_and_exits_when_closed(
             time.sleep(0.02)
         assert not assoc.is_alive(), "the association's reactor thread did not exit"
         assert assoc.is_released
+
+
+def test_a_lean_capture_scp_stores_what_it_receives_unchanged(tmp_path: Path) -> None:
+    """The benchmarks' sinks (capture_scp --lean) keep the data sets as sent."""
+    files = write_ct_series(tmp_path / "series", 3, rows=64, cols=64)
+    with CaptureSCP(extra_args=["--lean"]) as sink:
+        assert storescu(files, sink.port).returncode == 0
+        sink.wait_for_count(len(files))
+        received = {dcmread(path).SOPInstanceUID: dcmread(path) for path in sink.received()}
+    assert len(received) == len(files)
+    for path in files:
+        sent = dcmread(path)
+        assert received[sent.SOPInstanceUID] == sent
+        assert received[sent.SOPInstanceUID].PixelData == sent.PixelData

@@ -50,7 +50,7 @@ from types import FrameType
 from typing import Any, cast
 
 from pydicom import uid
-from pynetdicom import AE, AllStoragePresentationContexts, evt
+from pynetdicom import AE, AllStoragePresentationContexts, _config, evt
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
 
@@ -140,8 +140,11 @@ class _StoreWriter:
         # A UID only holds digits and dots; refuse anything that could
         # escape the output directory.
         safe_uid = "".join(c for c in sop_instance_uid if c.isdigit() or c == ".")
-        part = self._out_dir / f"{number}.dcm.part"
         final = self._out_dir / f"{safe_uid or 'NO-UID'}{_SEPARATOR}{number:06d}.dcm"
+        if _config.STORE_RECV_CHUNKED_DATASET:  # --lean: already in a file of out_dir
+            os.replace(event.dataset_path, final)
+            return 0x0000
+        part = self._out_dir / f"{number}.dcm.part"
         part.write_bytes(event.encoded_dataset())
         os.replace(part, final)
         return 0x0000
@@ -179,6 +182,19 @@ def _quiet_association(event: Event) -> None:
 
     bulk_reads(event.assoc.dul.socket)
     quiet_acceptor(event.assoc)
+
+
+def _receive_into_files(out_dir: Path) -> None:
+    """pynetdicom writes each data set, file meta first, into a temporary file next
+    to ``out_dir`` as it arrives; the handler then only renames it (``--lean``).
+
+    The temporary files (``*.dcm`` too) live in a subdirectory, so that
+    :meth:`CaptureSCP.received` never counts one.
+    """
+    incoming = out_dir / ".incoming"
+    incoming.mkdir(exist_ok=True)
+    _config.STORE_RECV_CHUNKED_DATASET = True
+    tempfile.tempdir = str(incoming)
 
 
 def build_ae(
@@ -234,9 +250,10 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--fail-status", type=lambda v: int(v, 0), default=0xA700)
     parser.add_argument("--stats", type=Path, help="file for the most associations open at once")
     parser.add_argument(
-        "--quiet",
+        "--lean",
         action="store_true",
-        help="associations wait for data instead of polling (router.quiet); for benchmarks",
+        help="for benchmarks: associations wait for data instead of polling, read whole "
+        "PDUs (router.quiet), and receive straight into the output files",
     )
     return parser.parse_args(argv)
 
@@ -252,6 +269,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     out_dir: Path = args.out
     out_dir.mkdir(parents=True, exist_ok=True)
 
+    if args.lean:
+        _receive_into_files(out_dir)
     writer = _StoreWriter(out_dir, args.fail_first, args.fail_sop_class, args.fail_status)
     ae = build_ae(
         ae_title=args.ae_title,
@@ -274,7 +293,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             (evt.EVT_C_STORE, writer.handle_store),
             (evt.EVT_CONN_OPEN, writer.handle_conn_open),
             *writer.track_associations(args.stats),
-            *([(evt.EVT_ESTABLISHED, _quiet_association)] if args.quiet else []),
+            *([(evt.EVT_ESTABLISHED, _quiet_association)] if args.lean else []),
         ],
     )
     assert server is not None

@@ -14,6 +14,7 @@ from router.config import (
     ConfigError,
     RouterConfig,
     apply_env_overrides,
+    association_shortfalls,
     load_config,
     parse_duration,
 )
@@ -304,3 +305,18 @@ def test_negative_timeout_in_file_is_refused(tmp_path: Path) -> None:
         f"destinations:\n  pacs:\n    {MINIMAL_DEST}    retry: {{initial_delay: -5}}\n",
     )
     assert "destinations.pacs.retry.initial_delay:" in msg
+
+
+def test_destinations_with_fewer_association_slots_than_worker_processes(
+    tmp_path: Path,
+) -> None:
+    cfg = load(
+        tmp_path,
+        "destinations:\n"
+        f"  pacs:\n    {MINIMAL_DEST}"
+        f"  archive:\n    {MINIMAL_DEST}    max_associations: 4\n",
+    )
+    assert cfg.destinations["pacs"].max_associations == 2  # the default
+    assert association_shortfalls(cfg, 2) == {}
+    assert association_shortfalls(cfg, 3) == {"pacs": 2}
+    assert association_shortfalls(cfg, 5) == {"pacs": 2, "archive": 4}
