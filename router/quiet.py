@@ -27,7 +27,8 @@ association sides sleep until there is something to do:
   callers check ``usable`` before reusing the association and abort it if the
   peer has gone. It runs again when the association ends, to exit.
 
-It also reads PDUs in one piece (``bulk_reads``): pynetdicom's transport reads a
+Outbound PDUs are capped at 128 KiB (``cap_send_pdu``), and PDUs are read in one
+piece (``bulk_reads``): pynetdicom's transport reads a
 PDU 4 KiB at a time, each read a system call and a bytearray extension, which for
 a 0.5 MB CT slice is about 130 calls; reading into a buffer of the announced
 length takes one or a few.
@@ -45,6 +46,8 @@ import socket
 import ssl
 import threading
 from typing import Any
+
+from pynetdicom.pdu_primitives import MaximumLengthNotification
 
 from router.logs import get_logger
 
@@ -251,3 +254,28 @@ def bulk_reads(transport: Any) -> bool:
 
     transport.recv = recv
     return True
+
+
+SEND_PDU_LIMIT = 128 * 1024
+"""Largest P-DATA PDU the router sends, whatever larger size (or "unlimited") the
+peer accepts: the size dcmtk's storescu sends. Measured against a pynetdicom
+receiver, 0.5 MB slices sent as single PDUs cost it about twice the CPU and took
+1.7 times as long as 128 KiB PDUs; up to 128 KiB the cost is flat. It also keeps a
+large multi-frame instance from becoming one PDU the peer must hold whole."""
+
+
+def cap_send_pdu(assoc: Any, limit: int = SEND_PDU_LIMIT) -> bool:
+    """Send PDUs of at most ``limit`` bytes on an established outbound association.
+
+    pynetdicom sizes outgoing PDUs by the maximum length the acceptor announced
+    (0 = unlimited: the whole data set in one PDU); lowering that announced value
+    after negotiation changes only how this side splits its messages.
+    """
+    acceptor = getattr(assoc, "acceptor", None)
+    for item in getattr(acceptor, "user_information", None) or []:
+        if isinstance(item, MaximumLengthNotification):
+            announced = item.maximum_length_received
+            if not announced or announced > limit:
+                item.maximum_length_received = limit
+            return True
+    return False

@@ -240,6 +240,7 @@ class AssociationPool:
             raise DeliveryError("cannot connect to the destination", transient=True)
         quiet.quiet_dul(assoc)
         quiet.park_requestor(assoc)
+        quiet.cap_send_pdu(assoc)
         accepted = frozenset(
             (str(cx.abstract_syntax), str(cx.transfer_syntax[0])) for cx in assoc.accepted_contexts
         )

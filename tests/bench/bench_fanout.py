@@ -7,6 +7,10 @@ three sinks (each its own process). Each repetition sends the same 300 CT slices
 with dcmtk storescu to each router in turn and times until every sink holds every
 instance. Prints the medians and the ratio (3 destinations / 1 destination);
 the target is at most 1.5.
+
+Everything shares the machine's cores, so it also prints the CPU seconds each run
+cost the router (its SCP process and worker processes) and the sinks: the wall
+times follow the sum, and the sinks' share grows with every destination.
 """
 
 from __future__ import annotations
@@ -15,24 +19,40 @@ import argparse
 import statistics
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
+from tests.bench.cpu import cpu_seconds
 from tests.bench.sinks import running_sinks
 from tests.support.capture_scp import CaptureSCP
 from tests.support.dcmtk import storescu
-from tests.support.router_proc import RedisServer, start_router, write_config
+from tests.support.router_proc import RedisServer, RouterProcess, start_router, write_config
 from tests.support.synthetic import write_ct_series
 
 
-def timed(files: list[Path], port: int, sinks: list[CaptureSCP]) -> float:
+@dataclass
+class Run:
+    seconds: float
+    router_cpu: float
+    sinks_cpu: float
+
+
+def timed(files: list[Path], router: RouterProcess, sinks: list[CaptureSCP]) -> Run:
     for sink in sinks:
         sink.clear()
+    sink_pids = [sink.pid for sink in sinks]
+    router_before, sinks_before = cpu_seconds([router.proc.pid]), cpu_seconds(sink_pids)
     start = time.perf_counter()
-    if storescu(files, port).returncode != 0:
+    if storescu(files, router.port).returncode != 0:
         raise RuntimeError("storescu failed")
     for sink in sinks:
         sink.wait_for_count(len(files), timeout=900)
-    return time.perf_counter() - start
+    elapsed = time.perf_counter() - start
+    return Run(
+        elapsed,
+        cpu_seconds([router.proc.pid]) - router_before,
+        cpu_seconds(sink_pids) - sinks_before,
+    )
 
 
 def main() -> None:
@@ -54,22 +74,27 @@ def main() -> None:
         try:
             with running_sinks(3, polling=args.polling_sinks) as sinks:
                 for db, (name, chosen) in enumerate((("one", sinks[:1]), ("three", sinks))):
+                    # One association slot per worker process (see docs/configuration.md).
+                    slots = max(2, args.workers)
                     dests = {s.ae_title.lower(): {"ae_title": s.ae_title, "host": "127.0.0.1",
-                                                  "port": s.port} for s in chosen}  # fmt: skip
+                                                  "port": s.port, "max_associations": slots}
+                             for s in chosen}  # fmt: skip
                     rules = f"rules:\n  - name: all\n    forward: [{', '.join(dests)}]\n"
                     # One Redis database per router: routers sharing one would take
                     # each other's tasks.
                     url = redis_server.url.rsplit("/", 1)[0] + f"/{db}"
                     path, config = write_config(root / name, url, dests, rules)
                     routers.append((start_router(path, config, workers=args.workers), chosen))
-                results: dict[int, list[float]] = {1: [], 3: []}
+                results: dict[int, list[Run]] = {1: [], 3: []}
                 for rep in range(args.reps):
                     # Fresh UIDs each repetition: delivery records never short-cut a send.
                     files = write_ct_series(root / f"series{rep}", args.count, seed=rep)
                     for router, chosen in routers:
-                        results[len(chosen)].append(timed(files, router.port, chosen))
-                    print(f"rep {rep + 1}: 1 destination {results[1][-1]:.2f} s, "
-                          f"3 destinations {results[3][-1]:.2f} s")  # fmt: skip
+                        results[len(chosen)].append(timed(files, router, chosen))
+                    print(f"rep {rep + 1}: " + ", ".join(
+                        f"{n} destination{'s' * (n > 1)} {results[n][-1].seconds:.2f} s "
+                        f"(CPU: router {results[n][-1].router_cpu:.2f} s, "
+                        f"sinks {results[n][-1].sinks_cpu:.2f} s)" for n in (1, 3)))  # fmt: skip
                 for router, _ in routers:
                     router.stop()
                 routers.clear()
@@ -79,10 +104,18 @@ def main() -> None:
             redis_server.stop()
     sinks_used = "polling pynetdicom sinks" if args.polling_sinks else "quiet sinks on tmpfs"
     print(f"sinks: {sinks_used}; router workers: {args.workers}")
-    one, three = statistics.median(results[1]), statistics.median(results[3])
+
+    def median(n: int, field: str) -> float:
+        return statistics.median(getattr(run, field) for run in results[n])
+
+    one, three = median(1, "seconds"), median(3, "seconds")
     print(f"{args.count} instances: 1 destination median {one:.2f} s, "
           f"3 destinations median {three:.2f} s")  # fmt: skip
     print(f"fan-out ratio (3 / 1): {three / one:.2f} (target <= 1.5)")
+    for field, who in (("router_cpu", "router"), ("sinks_cpu", "sinks")):
+        print(f"{who} CPU, median: 1 destination {median(1, field):.2f} s, "
+              f"3 destinations {median(3, field):.2f} s, "
+              f"ratio {median(3, field) / median(1, field):.2f}")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import psutil
 
+from tests.bench.cpu import cpu_seconds
 from tests.bench.sinks import running_sinks
 from tests.support.capture_scp import CaptureSCP
 from tests.support.dcmtk import storescu
@@ -65,14 +66,20 @@ class PeakRSS:
         self._thread.join()
 
 
-def timed_send(files: list[Path], port: int, called_ae: str, sink: CaptureSCP) -> float:
+def timed_send(
+    files: list[Path], port: int, called_ae: str, sink: CaptureSCP, cpu: dict[str, list[float]]
+) -> float:
+    """Send and wait for the sink; appends the sink's CPU seconds to ``cpu["sink"]``."""
     sink.clear()
+    before = cpu_seconds([sink.pid])
     start = time.perf_counter()
     result = storescu(files, port, called_ae=called_ae, calling_ae="BENCH")
     if result.returncode != 0:
         raise RuntimeError(f"storescu failed: {result.stderr[-2000:]}")
     sink.wait_for_count(len(files), timeout=600)
-    return time.perf_counter() - start
+    elapsed = time.perf_counter() - start
+    cpu["sink"].append(cpu_seconds([sink.pid]) - before)
+    return elapsed
 
 
 def main() -> None:
@@ -100,13 +107,17 @@ def main() -> None:
             router = start_router(path, config, workers=args.workers)
             direct: list[float] = []
             routed: list[float] = []
+            direct_cpu: dict[str, list[float]] = {"sink": []}
+            routed_cpu: dict[str, list[float]] = {"sink": [], "router": []}
             peak = 0
             try:
                 for rep in range(args.reps):
-                    direct.append(timed_send(files, sink.port, sink.ae_title, sink))
+                    direct.append(timed_send(files, sink.port, sink.ae_title, sink, direct_cpu))
                     redis_server.client().flushdb()
+                    router_before = cpu_seconds([router.proc.pid])
                     with PeakRSS(router.proc.pid) as sampler:
-                        routed.append(timed_send(files, router.port, "ROUTER", sink))
+                        routed.append(timed_send(files, router.port, "ROUTER", sink, routed_cpu))
+                    routed_cpu["router"].append(cpu_seconds([router.proc.pid]) - router_before)
                     peak = max(peak, sampler.peak)
                     print(f"rep {rep + 1}: direct {direct[-1]:.2f} s, router {routed[-1]:.2f} s")
             finally:
@@ -122,6 +133,12 @@ def main() -> None:
     print(f"direct storescu -> sink: median {d:.2f} s ({args.count / d:.0f} instances/s)")
     print(f"storescu -> router -> sink: median {r:.2f} s ({args.count / r:.0f} instances/s)")
     print(f"end-to-end throughput ratio (router / direct): {d / r:.2f}")
+    # Everything shares the cores: the routed path's time follows the CPU it costs.
+    print(
+        f"CPU per run, median: direct: sink {statistics.median(direct_cpu['sink']):.2f} s; "
+        f"routed: router {statistics.median(routed_cpu['router']):.2f} s, "
+        f"sink {statistics.median(routed_cpu['sink']):.2f} s"
+    )
     print(f"router peak RSS (SCP + workers): {peak / 2**20:.0f} MiB")
 
 

@@ -106,3 +106,23 @@ def test_a_lean_capture_scp_stores_what_it_receives_unchanged(tmp_path: Path) ->
         sent = dcmread(path)
         assert received[sent.SOPInstanceUID] == sent
         assert received[sent.SOPInstanceUID].PixelData == sent.PixelData
+
+
+@pytest.mark.parametrize(("announced", "used"), [(0, 128 * 1024), (16384, 16384)])
+def test_outgoing_pdus_are_capped_at_128_kib(tmp_path: Path, announced: int, used: int) -> None:
+    """A peer announcing "unlimited" gets 128 KiB PDUs, one announcing less gets its size;
+    a 0.5 MB slice arrives whole either way."""
+    (path,) = write_ct_series(tmp_path / "series", 1)
+    sent = dcmread(path)
+    with CaptureSCP(max_pdu=announced) as sink:
+        pool = AssociationPool("ROUTER")
+        status, _ = pool.send(
+            "sink", Peer(sink.ae_title, "127.0.0.1", sink.port), str(sent.SOPClassUID),
+            ["1.2.840.10008.1.2.1"], lambda syntax: path,
+        )  # fmt: skip
+        assert status == 0x0000
+        assert pool._pooled["sink"].assoc.dimse.maximum_pdu_size == used
+        sink.wait_for_count(1)
+        pool.close_all()
+        (received,) = sink.received()
+        assert dcmread(received) == sent

@@ -62,6 +62,13 @@ class ChildProcess:
         self.cleanup()
 
     @property
+    def pid(self) -> int:
+        """The child's process id (it must be running)."""
+        if self._proc is None:
+            raise RuntimeError("not started")
+        return self._proc.pid
+
+    @property
     def running(self) -> bool:
         """True while the child process is alive."""
         return self._proc is not None and self._proc.poll() is None
