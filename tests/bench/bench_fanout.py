@@ -61,9 +61,9 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--workers", type=int, default=2, help="worker processes per router")
     parser.add_argument(
-        "--polling-sinks",
+        "--lean-sinks",
         action="store_true",
-        help="stock pynetdicom sinks (polling, writing to disk); see sinks.py",
+        help="sinks that wait instead of polling and write to tmpfs; see sinks.py",
     )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="dicom-router-fanout-") as tmp:
@@ -72,7 +72,7 @@ def main() -> None:
         redis_server.start()
         routers = []
         try:
-            with running_sinks(3, polling=args.polling_sinks) as sinks:
+            with running_sinks(3, lean=args.lean_sinks) as sinks:
                 for db, (name, chosen) in enumerate((("one", sinks[:1]), ("three", sinks))):
                     # One association slot per worker process (see docs/configuration.md).
                     slots = max(2, args.workers)
@@ -102,7 +102,7 @@ def main() -> None:
             for router, _ in routers:
                 router.stop()
             redis_server.stop()
-    sinks_used = "polling pynetdicom sinks" if args.polling_sinks else "quiet sinks on tmpfs"
+    sinks_used = "lean sinks on tmpfs" if args.lean_sinks else "stock pynetdicom sinks"
     print(f"sinks: {sinks_used}; router workers: {args.workers}")
 
     def median(n: int, field: str) -> float:

@@ -88,9 +88,9 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument(
-        "--polling-sinks",
+        "--lean-sinks",
         action="store_true",
-        help="a stock pynetdicom sink (polling, writing to disk); see sinks.py",
+        help="sinks that wait instead of polling and write to tmpfs; see sinks.py",
     )
     args = parser.parse_args()
 
@@ -100,7 +100,7 @@ def main() -> None:
         size_mb = sum(f.stat().st_size for f in files) / 2**20
         redis_server = RedisServer(root / "redis")
         redis_server.start()
-        with running_sinks(1, polling=args.polling_sinks) as (sink,):
+        with running_sinks(1, lean=args.lean_sinks) as (sink,):
             destinations = {"sink": {"ae_title": sink.ae_title, "host": "127.0.0.1",
                                      "port": sink.port}}  # fmt: skip
             path, config = write_config(root / "router", redis_server.url, destinations, RULES)
@@ -127,7 +127,7 @@ def main() -> None:
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
     )
-    sink_used = "a polling pynetdicom sink" if args.polling_sinks else "a quiet sink on tmpfs"
+    sink_used = "a lean sink on tmpfs" if args.lean_sinks else "a stock pynetdicom sink"
     print(f"sink: {sink_used}")
     print(f"instances: {args.count} ({size_mb:.0f} MiB), router workers: {args.workers}")
     print(f"direct storescu -> sink: median {d:.2f} s ({args.count / d:.0f} instances/s)")

@@ -1,17 +1,15 @@
-"""The benchmarks' destinations: pynetdicom capture SCPs that cost the router's machine little.
+"""The benchmarks' destinations: pynetdicom capture SCPs, stock or lean.
 
-In a hospital the PACS runs on its own machines; here the sinks share two cores with
-the router, so whatever a sink spends is taken from the router being measured. By
-default the sinks therefore (a) let their associations wait for data instead of
-polling and read whole PDUs (the ``router.quiet`` treatment the router's own
-associations get; a stock pynetdicom association polls about every millisecond,
-idle or not, and reads 4 KiB at a time), (b) receive each data set straight into
-its output file as pynetdicom's chunked receive writes it (no copy in memory, no
-re-encoding) and (c) keep those files on tmpfs (``/dev/shm``) when the machine has
-one, so page-cache allocation on the spool's disk is not counted twice. All of it
-is ``capture_scp --lean``.
-``--polling-sinks`` on a benchmark runs stock pynetdicom sinks writing to the
-temporary directory instead, for comparison.
+By default a sink is a stock pynetdicom SCP writing what it receives to disk: the
+sink the issues describe. In a hospital the PACS runs on machines of its own; here
+the sinks share two cores with the router, so whatever a sink spends is taken from
+the router being measured. ``--lean-sinks`` therefore runs sinks that (a) let their
+associations wait for data instead of polling and read whole PDUs (the
+``router.quiet`` treatment the router's own associations get; a stock pynetdicom
+association polls about every millisecond, idle or not, and reads 4 KiB at a time),
+(b) receive each data set straight into its output file with pynetdicom's chunked
+receive (no copy in memory, no re-encoding) and (c) keep those files on tmpfs
+(``/dev/shm``) when the machine has one. All of it is ``capture_scp --lean``.
 """
 
 from __future__ import annotations
@@ -28,9 +26,9 @@ TMPFS = Path("/dev/shm")
 
 
 @contextmanager
-def running_sinks(count: int, polling: bool = False) -> Iterator[list[CaptureSCP]]:
+def running_sinks(count: int, lean: bool = False) -> Iterator[list[CaptureSCP]]:
     """Start ``count`` capture SCPs (AE titles SINK0, SINK1, ...); stop and clean up after."""
-    cheap = not polling and TMPFS.is_dir()
+    cheap = lean and TMPFS.is_dir()
     with ExitStack() as stack:
         sinks = []
         for number in range(count):
@@ -39,7 +37,7 @@ def running_sinks(count: int, polling: bool = False) -> Iterator[list[CaptureSCP
             sink = CaptureSCP(
                 out_dir=out_dir,
                 ae_title=f"SINK{number}",
-                extra_args=() if polling else ("--lean",),
+                extra_args=("--lean",) if lean else (),
             )
             sinks.append(stack.enter_context(sink))
         yield sinks
