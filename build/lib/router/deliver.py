@@ -1,0 +1,196 @@
+"""One delivery of a spooled instance to one destination, and its bookkeeping.
+
+Used by the ``forward`` task and, for destinations it already talks to, by the
+``route`` task. An attempt (router/sending.py) ends as: delivered (delivery record,
+pending entry cleared, spool released after the last destination), a retry in the
+schedule, the alternate destination, or a dead letter; each with its audit event
+and metrics.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from pydicom import dcmread
+from pydicom.errors import InvalidDicomError
+
+from router import metrics
+from router.deliveries import release_instance
+from router.logs import get_logger
+from router.queue import enqueue_forward
+from router.runtime import Runtime
+from router.sending import CIRCUIT_OPEN, SendContext, send_once
+from router.status import Outcome
+
+log = get_logger(__name__)
+
+
+def backoff_delay(attempt: int, initial: float, maximum: float) -> float:
+    """Exponential backoff with full jitter: uniform in [0, min(max, initial * 2^(n-1))]."""
+    exponent = min(max(0, attempt - 1), 62)  # beyond this every ceiling is `maximum`
+    ceiling = min(maximum, initial * (2**exponent))
+    return random.uniform(0, ceiling)
+
+
+def _record_delivery(rt: Runtime, key: str, destination: str, sop_uid: str, digest: str) -> None:
+    """Record the delivery; after the last destination, release the original and its copies."""
+    derived = rt.deliveries.delivered(key, destination, sop_uid, digest)
+    if derived is not None:
+        release_instance(rt.deliveries, rt.spool, key, rt.cfg.spool.retention_hours, derived)
+
+
+def _patient_id(path: Path) -> str | None:
+    try:
+        header = dcmread(path, stop_before_pixels=True, specific_tags=["PatientID"])
+    except (InvalidDicomError, OSError, ValueError):
+        return None
+    return str(header.get("PatientID", "")) or None
+
+
+def digest_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:32]
+
+
+_senders: tuple[int, ThreadPoolExecutor] | None = None
+
+
+def sender_threads() -> ThreadPoolExecutor:
+    """This process's threads for sending to several destinations at once."""
+    global _senders
+    if _senders is None or _senders[0] != os.getpid():
+        _senders = (os.getpid(), ThreadPoolExecutor(SENDER_THREADS, "sender"))
+    return _senders[1]
+
+
+SENDER_THREADS = 8
+
+
+def deliver(
+    rt: Runtime,
+    key: str,
+    destination: str,
+    meta: dict[str, Any],
+    attempt: int = 1,
+    digests: dict[str, str] | None = None,
+    new: bool = False,
+) -> None:
+    """One delivery attempt and its bookkeeping (from a forward task or from route).
+
+    ``digests`` holds content hashes by spool key already computed by the caller
+    (route hashes each file once, however many destinations get it). ``new``: the
+    caller has just found no delivery record for this content and destination.
+    """
+    sop_uid = str(meta.get("sop_instance_uid", ""))
+    audit_fields = {
+        "sop_instance_uid": sop_uid,
+        "study_instance_uid": meta.get("study_instance_uid"),
+        "sop_class_uid": meta.get("sop_class_uid"),
+        "calling_ae": meta.get("calling_ae"),
+        "peer": meta.get("peer"),
+        "rule": meta.get("rule"),
+        "destination": destination,
+        "attempt": attempt,
+    }
+    dest_cfg = rt.cfg.destinations.get(destination)
+    path = rt.spool.path(meta.get("send_key") or key)
+    if dest_cfg is None or not path.exists():
+        reason = "destination no longer configured" if dest_cfg is None else "spool file missing"
+        log.error("forward: cannot deliver", spool_key=key, destination=destination, reason=reason)
+        rt.audit.emit("forward_failed", status=reason, **audit_fields)
+        return
+    if rt.audit.dicom is not None:  # DICOM audit messages name the patient (PS3.15 A.5.3)
+        audit_fields["patient_id"] = _patient_id(path)
+    digest = (digests or {}).get(meta.get("send_key") or key) or digest_of(path)
+    if not new and rt.deliveries.already_delivered(destination, sop_uid, digest):
+        log.info("forward: already delivered, not sending again", spool_key=key,
+                 destination=destination, sop_instance_uid=sop_uid)  # fmt: skip
+        _record_delivery(rt, key, destination, sop_uid, digest)
+        return
+    blocked = rt.circuits.blocked_for(destination, probe_timeout_s=2 * dest_cfg.timeout + 10)
+    if blocked > 0:
+        # Known not to answer: this attempt fails without touching the network.
+        outcome, status_text = Outcome.RETRY, CIRCUIT_OPEN
+    else:
+        attempted = send_once(
+            SendContext(dest_cfg, rt.accepts.get(destination, []),
+                        rt.pool, rt.circuits, rt.spool.tmp),
+            destination, path, meta,
+        )  # fmt: skip
+        if attempted is None:  # other workers hold every slot: wait a moment, not an attempt
+            _schedule(rt, key, destination, meta, attempt, random.uniform(0.2, 1.0))
+            return
+        outcome, status_text = attempted.outcome, attempted.status_text
+        audit_fields["transfer_syntax"] = attempted.sent_as
+        if attempted.sent_uid not in (None, sop_uid):  # lossy conversion: a new instance
+            audit_fields["delivered_sop_instance_uid"] = attempted.sent_uid
+    metrics.forward.labels(destination, outcome.value).inc()
+    if outcome in (Outcome.SUCCESS, Outcome.WARNING):
+        size = path.stat().st_size
+        metrics.bytes_forwarded.labels(destination).inc(size)
+        received_at = meta.get("received_at")
+        if isinstance(received_at, int | float):
+            metrics.end_to_end_seconds.labels(destination).observe(time.time() - received_at)
+        rt.audit.emit("forwarded", status=status_text, **audit_fields)
+        _record_delivery(rt, key, destination, sop_uid, digest)
+        log.debug("forwarded", spool_key=key, destination=destination, sop_instance_uid=sop_uid,
+                 status=status_text, attempt=attempt)  # fmt: skip
+        return
+    rt.audit.emit("forward_failed", status=status_text, **audit_fields)
+    retry = dest_cfg.retry
+    if outcome == Outcome.RETRY and attempt < retry.max_attempts:
+        delay = max(blocked, backoff_delay(attempt, retry.initial_delay, retry.max_delay))
+        log.warning("forward failed; will retry", spool_key=key, destination=destination,
+                    sop_instance_uid=sop_uid, status=status_text, attempt=attempt,
+                    retry_in_s=round(delay, 2))  # fmt: skip
+        _schedule(rt, key, destination, meta, attempt + 1, delay)
+        return
+    reason = "permanent failure" if outcome == Outcome.FAILED else "retries exhausted"
+    _give_up(rt, key, destination, meta, reason, status_text, attempt, audit_fields)
+
+
+def _schedule(
+    rt: Runtime, key: str, destination: str, meta: dict[str, Any], attempt: int, delay: float
+) -> None:
+    """Put the delivery in the retry schedule, and say so in its pending entry."""
+    rt.retries.schedule(key, destination, meta, attempt, delay)
+    rt.deliveries.retrying(key, destination, time.time() + delay)
+
+
+def _give_up(
+    rt: Runtime,
+    key: str,
+    destination: str,
+    meta: dict[str, Any],
+    reason: str,
+    status_text: str,
+    attempt: int,
+    audit_fields: dict[str, Any],
+) -> None:
+    """Fail over to the destination's alternate once, else dead-letter the delivery."""
+    dest_cfg = rt.cfg.destinations[destination]
+    alternate = dest_cfg.alternate
+    if alternate is not None and not meta.get("alternate_of"):
+        alternate_meta = {**meta, "alternate_of": destination}
+        rt.deliveries.fail_over(key, destination, alternate, alternate_meta)
+        log.warning("forward failed; sending to the alternate destination", spool_key=key,
+                    destination=destination, alternate=alternate, reason=reason,
+                    status=status_text)  # fmt: skip
+        enqueue_forward(key, alternate, alternate_meta)
+        return
+    letter = rt.deadletters.add(key, destination, reason, status_text, attempt, meta)
+    rt.audit.emit(
+        "dead_lettered", status=f"{reason}: {status_text}", detail=letter.id, **audit_fields
+    )
+    log.error("forward failed; dead-lettered", spool_key=key, destination=destination,
+              sop_instance_uid=audit_fields["sop_instance_uid"], reason=reason,
+              status=status_text, attempt=attempt, dead_letter=letter.id)  # fmt: skip

@@ -1,0 +1,187 @@
+"""Delivery bookkeeping in Redis: which destinations an instance still waits for.
+
+A spool file may be removed only once every destination chosen for it has it.
+The route task records the chosen destinations in a hash; each successful
+forward removes its own entry, atomically learning whether it was the last one.
+A delivery record per (SOP Instance UID, destination, content hash) makes a
+redelivered forward task a no-op instead of a second send.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import redis
+
+from router.spool import Spool
+
+PREFIX = "dr:"
+DELIVERED_TTL_S = 7 * 24 * 3600
+
+
+def pending_key(spool_key: str) -> str:
+    return f"{PREFIX}pending:{spool_key}"
+
+
+def task_key(spool_key: str) -> str:
+    """Per destination, the forward task's arguments: enough to queue it again."""
+    return f"{PREFIX}task:{spool_key}"
+
+
+def derived_key(spool_key: str) -> str:
+    return f"{PREFIX}derived:{spool_key}"
+
+
+def delivered_log_key(destination: str) -> str:
+    return f"{PREFIX}delivered-log:{destination}"
+
+
+def waiting_since(value: str) -> float | None:
+    """The time stamp recorded with a pending entry (``state@epoch``), if any."""
+    _state, _, stamp = value.partition("@")
+    try:
+        return float(stamp) if stamp else None
+    except ValueError:
+        return None
+
+
+def delivered_key(destination: str, sop_instance_uid: str, digest: str) -> str:
+    return f"{PREFIX}delivered:{destination}:{sop_instance_uid}:{digest}"
+
+
+class Deliveries:
+    """Redis-held delivery state shared by every worker."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.redis = client
+
+    def expect(
+        self,
+        spool_key: str,
+        destinations: Iterable[str],
+        since: float | None = None,
+        tasks: Mapping[str, Mapping[str, Any]] | None = None,
+        also: Callable[[Any], None] | None = None,
+        check: Sequence[tuple[str, str, str]] = (),
+    ) -> set[str]:
+        """Record the destinations an instance must reach (idempotent), and since when.
+
+        ``tasks`` (destination -> forward metadata) lets a delivery whose task was
+        lost be queued again (router/stalled.py). ``also`` adds commands of the
+        caller's to the same transaction (and round trip). ``check`` lists
+        (destination, SOP Instance UID, digest) to look up as ``already_delivered``
+        does; returns the destinations among them that already have the instance.
+        """
+        fields = {dest: f"queued@{since or time.time()}" for dest in destinations}
+        if not fields:
+            return set()
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hset(pending_key(spool_key), mapping=fields)  # type: ignore[arg-type]
+        if tasks:
+            encoded = {dest: json.dumps(meta) for dest, meta in tasks.items()}
+            pipe.hset(task_key(spool_key), mapping=encoded)  # type: ignore[arg-type]
+        if also is not None:
+            also(pipe)
+        for destination, sop_instance_uid, digest in check:
+            pipe.exists(delivered_key(destination, sop_instance_uid, digest))
+        results = pipe.execute()
+        found = results[len(results) - len(check) :]
+        return {dest for (dest, _uid, _digest), hit in zip(check, found, strict=True) if hit}
+
+    def retrying(self, spool_key: str, destination: str, due: float) -> None:
+        """The delivery waits in the retry schedule until ``due``: not stalled before."""
+        self.redis.hset(pending_key(spool_key), destination, f"retry@{due}")
+
+    def task_meta(self, spool_key: str, destination: str) -> dict[str, Any] | None:
+        """The forward metadata recorded for a delivery, if any."""
+        raw = self.redis.hget(task_key(spool_key), destination)
+        return json.loads(raw) if raw else None
+
+    def add_derived(self, spool_key: str, derived: str) -> None:
+        """Remember a rule's changed copy, removed with the original once all are delivered."""
+        self.redis.sadd(derived_key(spool_key), derived)
+
+    def take_derived(self, spool_key: str) -> list[str]:
+        """The changed copies of an instance (and forget them)."""
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.smembers(derived_key(spool_key))
+        pipe.delete(derived_key(spool_key))
+        members: set[bytes] = pipe.execute()[0]
+        return sorted(m.decode() for m in members)
+
+    def already_delivered(self, destination: str, sop_instance_uid: str, digest: str) -> bool:
+        return bool(self.redis.exists(delivered_key(destination, sop_instance_uid, digest)))
+
+    def delivered(
+        self, spool_key: str, destination: str, sop_instance_uid: str, digest: str
+    ) -> list[str] | None:
+        """Record a delivery.
+
+        Returns None while other destinations still wait for the instance; after the
+        last one, the instance's changed copies (usually none), which the caller
+        releases with it (``release_instance``). The copies are read in the same
+        transaction, so the common case costs one round trip.
+        """
+        pipe = self.redis.pipeline(transaction=True)
+        now = time.time()
+        pipe.set(delivered_key(destination, sop_instance_uid, digest), "1", ex=DELIVERED_TTL_S)
+        pipe.hdel(pending_key(spool_key), destination)
+        pipe.hlen(pending_key(spool_key))
+        pipe.hdel(task_key(spool_key), destination)
+        # For "delivered in the last hour" in `dicom-router status`.
+        log_key = delivered_log_key(destination)
+        pipe.zadd(log_key, {f"{spool_key}:{now}": now})
+        pipe.zremrangebyscore(log_key, "-inf", now - 3600)
+        pipe.smembers(derived_key(spool_key))
+        results = pipe.execute()
+        if int(results[2]) != 0:
+            return None
+        derived: set[bytes] = results[-1]
+        if derived:
+            self.redis.delete(derived_key(spool_key))
+        return sorted(member.decode() for member in derived)
+
+    def fail_over(
+        self, spool_key: str, destination: str, alternate: str, meta: Mapping[str, Any]
+    ) -> None:
+        """The alternate now owes this instance instead of the exhausted destination."""
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hdel(pending_key(spool_key), destination)
+        pipe.hset(pending_key(spool_key), alternate, f"alternate-of-{destination}@{time.time()}")
+        pipe.hdel(task_key(spool_key), destination)
+        pipe.hset(task_key(spool_key), alternate, json.dumps(meta))
+        pipe.execute()
+
+    def requeued(self, spool_key: str, destination: str, meta: Mapping[str, Any]) -> None:
+        """A dead letter (or a stalled delivery) goes back on the normal path."""
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hset(pending_key(spool_key), destination, f"queued@{time.time()}")
+        pipe.hset(task_key(spool_key), destination, json.dumps(meta))
+        pipe.execute()
+
+    def drop(self, spool_key: str, destination: str) -> bool:
+        """Forget a destination (purged dead letter); True if nothing else is pending."""
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hdel(pending_key(spool_key), destination)
+        pipe.hlen(pending_key(spool_key))
+        pipe.hdel(task_key(spool_key), destination)
+        return int(pipe.execute()[1]) == 0
+
+
+def release_instance(
+    deliveries: Deliveries,
+    spool: Spool,
+    key: str,
+    retention_hours: float,
+    derived: list[str] | None = None,
+) -> None:
+    """No destination waits for the instance any more: release it and its changed copies.
+
+    ``derived``: the copies, when the caller already took them (``delivered``).
+    """
+    for copy in deliveries.take_derived(key) if derived is None else derived:
+        spool.finish(copy, retention_hours)
+    spool.finish(key, retention_hours)

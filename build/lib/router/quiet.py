@@ -1,0 +1,281 @@
+"""Associations that wait for work instead of polling for it (pynetdicom 3.0 internals).
+
+Every pynetdicom association runs two threads that wake about every millisecond
+whether or not anything happens: the DUL reactor (``time.sleep(_run_loop_delay)``
+between ``select(timeout=0)`` calls on the socket) and the association reactor
+(``time.sleep(0.001)`` between looks at the DIMSE message queue). Measured on the
+benchmark machine that is about 0.09 CPU core per open association side, idle or
+not, which on two cores is as much as the routing itself. This module, the only
+place in the router that touches pynetdicom internals, makes the router's own
+association sides sleep until there is something to do:
+
+- DUL reactor: ``quiet_dul`` replaces the association's ``_dul_ready`` event, which
+  the reactor consults at the top of each loop, with an object whose ``is_set``
+  blocks in ``select`` on the socket and on a wake-up socket until data arrives, a
+  primitive is queued for sending (the outgoing queue's ``put`` signals it), or
+  ``WAIT_S`` passes (for the ARTIM timer and thread shutdown); the reactor's own
+  sleep is then set to 0. It waits only when it has nothing to do: no pending
+  event, no queued primitive, nothing to read.
+- Association reactor of an *acceptor* (the SCP): ``quiet_acceptor`` makes its
+  non-blocking look at the DIMSE message queue wait up to ``WAIT_S`` for a message
+  (a queued message wakes it at once), so it loops ~40 times a second instead
+  of ~1000. A release or abort from the peer is noticed within ``WAIT_S``.
+- Association reactor of a *requestor* (outbound): ``park_requestor`` keeps it
+  paused, between and during requests. pynetdicom pauses it for every
+  ``send_c_store`` anyway (and would resume it afterwards), so sends are
+  unchanged; while parked it does not watch for a peer's release or abort, so
+  callers check ``usable`` before reusing the association and abort it if the
+  peer has gone. It runs again when the association ends, to exit.
+
+Outbound PDUs are capped at 128 KiB (``cap_send_pdu``), and PDUs are read in one
+piece (``bulk_reads``): pynetdicom's transport reads a
+PDU 4 KiB at a time, each read a system call and a bytearray extension, which for
+a 0.5 MB CT slice is about 130 calls; reading into a buffer of the announced
+length takes one or a few.
+
+If pynetdicom's internals differ from what this expects, the functions do nothing
+and the association polls as before.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import select
+import socket
+import ssl
+import threading
+from typing import Any
+
+from pynetdicom.pdu_primitives import MaximumLengthNotification
+
+from router.logs import get_logger
+
+log = get_logger(__name__)
+
+WAIT_S = 0.025
+"""Longest idle wait: bounds the delay of timers and shutdown, not of data."""
+
+DATA_TRANSFER_STATE = "Sta6"
+
+
+class _DulWaiter:
+    """Stands in for ``Association._dul_ready`` once the DUL reactor runs."""
+
+    def __init__(self, dul: Any) -> None:
+        self._dul = dul
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._waiting = False
+
+    def _close(self) -> None:
+        # The reactor is stopping: give the wake-up sockets back now rather than
+        # whenever the garbage collector gets to the association's reference cycle.
+        self._wake_r.close()
+        self._wake_w.close()
+
+    def wake(self) -> None:
+        # Only a reactor that is (about to be) waiting needs the signal: it sets
+        # ``_waiting`` before its last look at the queues, so a put it misses
+        # here it sees there.
+        if self._waiting:
+            with contextlib.suppress(OSError):
+                self._wake_w.send(b"\0")
+
+    # The Event interface the DUL reactor and Association use.
+    def set(self) -> None:
+        pass
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return True
+
+    def is_set(self) -> bool:
+        """Block until the reactor has something to do (or ``WAIT_S``); always True."""
+        dul = self._dul
+        if dul._kill_thread:
+            self._close()
+            return True
+        self._waiting = True
+        try:
+            if not dul.event_queue.empty() or dul.to_provider_queue.queue:
+                return True
+            sock = getattr(dul.socket, "socket", None)
+            if sock is None or self._wake_r.fileno() < 0:
+                return True
+            if isinstance(sock, ssl.SSLSocket) and sock.pending():
+                return True
+            try:
+                ready, _, _ = select.select([sock, self._wake_r], [], [], WAIT_S)
+            except (OSError, ValueError):
+                return True  # the reactor's own check reports the closed connection
+        finally:
+            self._waiting = False
+        if self._wake_r in ready:
+            with contextlib.suppress(OSError):
+                while self._wake_r.recv(256):
+                    pass
+        return True
+
+
+def quiet_dul(assoc: Any) -> bool:
+    """Make the association's DUL reactor block instead of polling; False if not possible."""
+    dul = getattr(assoc, "dul", None)
+    needed = ("_run_loop_delay", "_kill_thread", "event_queue", "to_provider_queue", "socket")
+    if dul is None or not all(hasattr(dul, name) for name in needed):
+        return False
+    ready = getattr(assoc, "_dul_ready", None)
+    if isinstance(ready, _DulWaiter):
+        return True
+    if not isinstance(ready, threading.Event):
+        return False
+    outgoing = dul.to_provider_queue
+    if not isinstance(outgoing, queue.Queue):
+        return False
+    waiter = _DulWaiter(dul)
+    original_put = outgoing.put
+
+    def put(item: Any, block: bool = True, timeout: float | None = None) -> None:
+        original_put(item, block, timeout)
+        waiter.wake()
+
+    outgoing.put = put  # type: ignore[method-assign]
+    assoc._dul_ready = waiter
+    dul._run_loop_delay = 0
+    waiter.wake()  # a reactor already sleeping re-checks at once
+    return True
+
+
+def quiet_acceptor(assoc: Any) -> bool:
+    """Make an acceptor's association reactor wait on its DIMSE queue instead of polling."""
+    dimse: Any = getattr(assoc, "dimse", None)
+    messages = getattr(dimse, "msg_queue", None)
+    if not isinstance(messages, queue.Queue) or not quiet_dul(assoc):
+        return False
+    original = dimse.get_msg
+
+    def get_msg(block: bool = False) -> Any:
+        if block:
+            return original(True)
+        try:
+            return messages.get(timeout=WAIT_S)
+        except queue.Empty:
+            return None, None
+
+    dimse.get_msg = get_msg
+    return True
+
+
+class _ParkedCheckpoint:
+    """Stands in for a requestor's ``_reactor_checkpoint``: it stays cleared.
+
+    pynetdicom sets the checkpoint at the end of every ``send_c_store``, which
+    wakes the reactor for one loop (including its 1 ms sleep) before it could be
+    parked again; a send that starts meanwhile spins until the reactor pauses.
+    Here ``set`` is ignored until the association ends (abort, release, kill), when
+    the reactor must run to exit.
+    """
+
+    def __init__(self, assoc: Any, event: threading.Event) -> None:
+        self._assoc = assoc
+        self._event = event
+
+    def _ending(self) -> bool:
+        assoc = self._assoc
+        return bool(
+            getattr(assoc, "_kill", True)
+            or getattr(assoc, "_sent_abort", True)
+            or assoc.is_released
+            or assoc.is_aborted
+            or not assoc.is_established
+        )
+
+    def set(self) -> None:
+        if self._ending():
+            self._event.set()
+
+    def clear(self) -> None:
+        self._event.clear()
+
+    def is_set(self) -> bool:
+        return self._event.is_set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self._event.wait(timeout)
+
+
+def park_requestor(assoc: Any) -> None:
+    """Pause a requestor's association reactor between requests (see module doc)."""
+    checkpoint = getattr(assoc, "_reactor_checkpoint", None)
+    if checkpoint is None or not getattr(assoc, "is_established", False):
+        return
+    if isinstance(checkpoint, threading.Event):
+        checkpoint.clear()
+        assoc._reactor_checkpoint = _ParkedCheckpoint(assoc, checkpoint)
+    else:
+        checkpoint.clear()
+
+
+def usable(assoc: Any) -> bool:
+    """True if an (outbound, parked) association can carry another request."""
+    if not assoc.is_established or assoc.is_aborted or assoc.is_released:
+        return False
+    dul = assoc.dul
+    if not dul.is_alive():
+        return False
+    machine = getattr(dul, "state_machine", None)
+    return machine is None or machine.current_state == DATA_TRANSFER_STATE
+
+
+def bulk_reads(transport: Any) -> bool:
+    """Make an ``AssociationSocket`` read each request in as few system calls as it can.
+
+    Same contract as pynetdicom's ``recv``: block until ``nr_bytes`` are read and
+    return them; on a closed connection return what was read so far; socket errors
+    and timeouts propagate.
+    """
+    if not callable(getattr(transport, "recv", None)) or not hasattr(transport, "socket"):
+        return False
+
+    def recv(nr_bytes: int) -> bytearray:
+        sock = transport.socket
+        buffer = bytearray(nr_bytes)
+        view = memoryview(buffer)
+        done = 0
+        while done < nr_bytes:
+            count = sock.recv_into(view[done:], nr_bytes - done)
+            if not count:
+                view.release()
+                del buffer[done:]
+                return buffer
+            done += count
+        view.release()
+        return buffer
+
+    transport.recv = recv
+    return True
+
+
+SEND_PDU_LIMIT = 128 * 1024
+"""Largest P-DATA PDU the router sends, whatever larger size (or "unlimited") the
+peer accepts: the size dcmtk's storescu sends. Measured against a pynetdicom
+receiver, 0.5 MB slices sent as single PDUs cost it about twice the CPU and took
+1.7 times as long as 128 KiB PDUs; up to 128 KiB the cost is flat. It also keeps a
+large multi-frame instance from becoming one PDU the peer must hold whole."""
+
+
+def cap_send_pdu(assoc: Any, limit: int = SEND_PDU_LIMIT) -> bool:
+    """Send PDUs of at most ``limit`` bytes on an established outbound association.
+
+    pynetdicom sizes outgoing PDUs by the maximum length the acceptor announced
+    (0 = unlimited: the whole data set in one PDU); lowering that announced value
+    after negotiation changes only how this side splits its messages.
+    """
+    acceptor = getattr(assoc, "acceptor", None)
+    for item in getattr(acceptor, "user_information", None) or []:
+        if isinstance(item, MaximumLengthNotification):
+            announced = item.maximum_length_received
+            if not announced or announced > limit:
+                item.maximum_length_received = limit
+            return True
+    return False
