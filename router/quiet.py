@@ -227,6 +227,11 @@ def usable(assoc: Any) -> bool:
     return machine is None or machine.current_state == DATA_TRANSFER_STATE
 
 
+READ_CHUNK = 1024 * 1024
+"""The most a read allocates ahead of data actually received: a PDU's announced
+length is the peer's word, and must not reserve memory by itself."""
+
+
 def bulk_reads(transport: Any) -> bool:
     """Make an ``AssociationSocket`` read each request in as few system calls as it can.
 
@@ -239,17 +244,17 @@ def bulk_reads(transport: Any) -> bool:
 
     def recv(nr_bytes: int) -> bytearray:
         sock = transport.socket
-        buffer = bytearray(nr_bytes)
-        view = memoryview(buffer)
+        buffer = bytearray(min(nr_bytes, READ_CHUNK))
         done = 0
         while done < nr_bytes:
-            count = sock.recv_into(view[done:], nr_bytes - done)
+            if done == len(buffer):  # grow as data arrives, a chunk at a time
+                buffer.extend(bytes(min(nr_bytes - done, READ_CHUNK)))
+            with memoryview(buffer) as view:
+                count = sock.recv_into(view[done:], len(buffer) - done)
             if not count:
-                view.release()
                 del buffer[done:]
                 return buffer
             done += count
-        view.release()
         return buffer
 
     transport.recv = recv
