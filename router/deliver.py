@@ -117,6 +117,7 @@ def deliver(
         _record_delivery(rt, key, destination, sop_uid, digest)
         return
     blocked = rt.circuits.blocked_for(destination, probe_timeout_s=2 * dest_cfg.timeout + 10)
+    sent_bytes = None
     if blocked > 0:
         # Known not to answer: this attempt fails without touching the network.
         outcome, status_text = Outcome.RETRY, CIRCUIT_OPEN
@@ -130,13 +131,14 @@ def deliver(
             _schedule(rt, key, destination, meta, attempt, random.uniform(0.2, 1.0))
             return
         outcome, status_text = attempted.outcome, attempted.status_text
+        sent_bytes = attempted.sent_bytes
         audit_fields["transfer_syntax"] = attempted.sent_as
         if attempted.sent_uid not in (None, sop_uid):  # lossy conversion: a new instance
             audit_fields["delivered_sop_instance_uid"] = attempted.sent_uid
     metrics.forward.labels(destination, outcome.value).inc()
     if outcome in (Outcome.SUCCESS, Outcome.WARNING):
-        size = path.stat().st_size
-        metrics.bytes_forwarded.labels(destination).inc(size)
+        size = sent_bytes if sent_bytes is not None else path.stat().st_size
+        metrics.bytes_forwarded.labels(destination).inc(size)  # as sent, converted or not
         received_at = meta.get("received_at")
         if isinstance(received_at, int | float):
             metrics.end_to_end_seconds.labels(destination).observe(time.time() - received_at)

@@ -46,7 +46,9 @@ end_to_end_seconds = Histogram(
     buckets=_LATENCY_BUCKETS,
 )
 bytes_forwarded = Counter(
-    PREFIX + "bytes_forwarded", "Bytes delivered to destinations.", ["destination"]
+    PREFIX + "bytes_forwarded",
+    "Bytes delivered to destinations, as sent (after any conversion).",
+    ["destination"],
 )
 transcode_seconds = Histogram(
     PREFIX + "transcode_seconds",

@@ -53,6 +53,8 @@ class Attempt:
     """Transfer syntax UID the destination received (None when nothing was sent)."""
     sent_uid: str | None = None
     """SOP Instance UID the destination received: a lossy conversion makes a new one."""
+    sent_bytes: int | None = None
+    """Size of the file that was sent: the stored one, or its converted copy."""
 
 
 def send_once(ctx: SendContext, name: str, path: Path, meta: dict[str, Any]) -> Attempt | None:
@@ -66,13 +68,16 @@ def send_once(ctx: SendContext, name: str, path: Path, meta: dict[str, Any]) -> 
     plan = plan_syntaxes(stored, meta.get("transcode"), ctx.accepts, allow_lossy)
     converted: list[Path] = []
     sent_uid: list[str] = []
+    prepared_sizes: list[int] = []
 
     def prepare(syntax: str) -> Path:
         if syntax == stored:
+            prepared_sizes.append(path.stat().st_size)
             return path
         target = ctx.scratch / f"convert-{os.getpid()}-{next(_names)}.dcm"
         converted.append(target)
         sent_uid.append(convert_for_sending(path, target, syntax, allow_lossy))
+        prepared_sizes.append(target.stat().st_size)  # before the copy is deleted
         return target
 
     started = time.monotonic()
@@ -92,7 +97,8 @@ def send_once(ctx: SendContext, name: str, path: Path, meta: dict[str, Any]) -> 
             leftover.unlink(missing_ok=True)
     ctx.circuits.succeeded(name)
     uid = sent_uid[-1] if sent_as != stored and sent_uid else None
-    return Attempt(classify(status), describe(status), sent_as, uid)
+    size = prepared_sizes[-1] if prepared_sizes else None
+    return Attempt(classify(status), describe(status), sent_as, uid, size)
 
 
 def convert_for_sending(source: Path, target: Path, syntax: str, allow_lossy: bool) -> str:

@@ -235,6 +235,12 @@ def test_each_destination_receives_only_what_it_accepts(
     assert 'dicom_router_dead_letters{destination="lossyonly"}' in metrics
     assert 'dicom_router_transcode_seconds_count{syntax="jpeg-ls-lossless"}' in metrics
     assert 'dicom_router_transcode_failures_total{syntax="jpeg-ls-lossless"}' in metrics
+    # Bytes forwarded count what was sent (the converted copies), not what is stored;
+    # the capture SCP rebuilds each file's meta header, hence the small allowance.
+    counted = _metric(metrics, 'dicom_router_bytes_forwarded_total{destination="jls"}')
+    arrived = sum(path.stat().st_size for path in jls.received())
+    stored = sum(originals[uid].stat().st_size for uid in to_jls)
+    assert abs(counted - arrived) <= 400 * len(to_jls), (counted, arrived, stored)
     forwarded = router.audit_events("forwarded")
     sent_as = {(e["sop_instance_uid"], e["destination"]): e.get("transfer_syntax")
                for e in forwarded}  # fmt: skip
@@ -264,3 +270,11 @@ def test_orthanc_decodes_what_the_rule_converted(
         source = _pixels(wanted[uid])
         assert np.array_equal(decoded.reshape(source.shape), source)
         assert np.array_equal(_pixels_of_bytes(orthanc.instance_file(orthanc_id)), source)
+
+
+def _metric(text: str, series: str) -> float:
+    """The value of one series in Prometheus text format."""
+    for line in text.splitlines():
+        if line.startswith(series + " "):
+            return float(line.split()[-1])
+    raise AssertionError(f"{series} not in the metrics")
