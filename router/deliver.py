@@ -138,7 +138,7 @@ def deliver(
     metrics.forward.labels(destination, outcome.value).inc()
     if outcome in (Outcome.SUCCESS, Outcome.WARNING):
         size = sent_bytes if sent_bytes is not None else path.stat().st_size
-        metrics.bytes_forwarded.labels(destination).inc(size)  # as sent, converted or not
+        metrics.bytes_forwarded.labels(destination).inc(size)  # as sent: a copy's own size
         received_at = meta.get("received_at")
         if isinstance(received_at, int | float):
             metrics.end_to_end_seconds.labels(destination).observe(time.time() - received_at)

@@ -209,11 +209,9 @@ def park_requestor(assoc: Any) -> None:
     checkpoint = getattr(assoc, "_reactor_checkpoint", None)
     if checkpoint is None or not getattr(assoc, "is_established", False):
         return
-    if isinstance(checkpoint, threading.Event):
-        checkpoint.clear()
+    checkpoint.clear()
+    if isinstance(checkpoint, threading.Event):  # first time: keep it cleared from now on
         assoc._reactor_checkpoint = _ParkedCheckpoint(assoc, checkpoint)
-    else:
-        checkpoint.clear()
 
 
 def usable(assoc: Any) -> bool:

@@ -54,7 +54,7 @@ class Attempt:
     sent_uid: str | None = None
     """SOP Instance UID the destination received: a lossy conversion makes a new one."""
     sent_bytes: int | None = None
-    """Size of the file that was sent: the stored one, or its converted copy."""
+    """Size of the converted copy that was sent (None: sent as stored)."""
 
 
 def send_once(ctx: SendContext, name: str, path: Path, meta: dict[str, Any]) -> Attempt | None:
@@ -67,17 +67,16 @@ def send_once(ctx: SendContext, name: str, path: Path, meta: dict[str, Any]) -> 
     allow_lossy = bool(meta.get("allow_lossy"))
     plan = plan_syntaxes(stored, meta.get("transcode"), ctx.accepts, allow_lossy)
     converted: list[Path] = []
-    sent_uid: list[str] = []
-    prepared_sizes: list[int] = []
+    conversions: list[tuple[str, int]] = []
+    """SOP Instance UID and size of each converted copy (sizes read before deletion)."""
 
     def prepare(syntax: str) -> Path:
         if syntax == stored:
-            prepared_sizes.append(path.stat().st_size)
             return path
         target = ctx.scratch / f"convert-{os.getpid()}-{next(_names)}.dcm"
         converted.append(target)
-        sent_uid.append(convert_for_sending(path, target, syntax, allow_lossy))
-        prepared_sizes.append(target.stat().st_size)  # before the copy is deleted
+        uid = convert_for_sending(path, target, syntax, allow_lossy)
+        conversions.append((uid, target.stat().st_size))
         return target
 
     started = time.monotonic()
@@ -96,8 +95,7 @@ def send_once(ctx: SendContext, name: str, path: Path, meta: dict[str, Any]) -> 
         for leftover in converted:
             leftover.unlink(missing_ok=True)
     ctx.circuits.succeeded(name)
-    uid = sent_uid[-1] if sent_as != stored and sent_uid else None
-    size = prepared_sizes[-1] if prepared_sizes else None
+    uid, size = conversions[-1] if sent_as != stored and conversions else (None, None)
     return Attempt(classify(status), describe(status), sent_as, uid, size)
 
 
