@@ -1,16 +1,15 @@
 """Instances the SCP acknowledged whose route task has not finished yet.
 
-The SCP records each instance here (spool key -> the route task's arguments) before
-it queues the route task, and the route task removes the record once it has queued
-or made every delivery. A route task message can be lost in the broker when a
-worker is killed at the wrong moment (between Redis handing the message over and
-recording it as unacknowledged); the record survives, and ``router.stalled`` queues
-the route task again from it.
+The SCP records each instance here (spool key -> the route task's arguments) in the
+same transaction that queues its route task (``router.admission``), and the route
+task removes the record once it has queued or made every delivery. A route task
+message can be lost in the broker when a worker is killed at the wrong moment
+(between Redis handing the message over and recording it as unacknowledged); the
+record survives, and ``router.stalled`` queues the route task again from it.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -20,8 +19,6 @@ import redis
 from router.deliveries import PREFIX
 
 INBOX = PREFIX + "inbox"
-
-Enqueue = Callable[[str, dict[str, Any]], None]
 
 
 class Inbox:
@@ -52,20 +49,3 @@ class Inbox:
     def entries(self) -> Iterator[tuple[str, dict[str, Any]]]:
         for raw_key, raw_meta in self.redis.hscan_iter(INBOX, count=500):
             yield raw_key.decode(), json.loads(raw_meta)
-
-
-def recorded(inbox: Inbox, enqueue: Enqueue) -> Enqueue:
-    """``enqueue`` that records the instance in ``inbox`` first (and forgets it again
-    if the task could not be queued: the SCP then refuses the instance)."""
-
-    def enqueue_recorded(spool_key: str, meta: dict[str, Any]) -> None:
-        inbox.add(spool_key, meta)
-        try:
-            enqueue(spool_key, meta)
-        except Exception:
-            # If this fails too, the sweep finds the spool file gone and forgets it then.
-            with contextlib.suppress(redis.RedisError):
-                inbox.done(spool_key)
-            raise
-
-    return enqueue_recorded

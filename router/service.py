@@ -24,6 +24,7 @@ from types import FrameType
 import kombu.exceptions
 import redis
 
+from router.admission import RouteAdmission
 from router.audit import audit_log_from_config
 from router.config import (
     ConfigError,
@@ -34,14 +35,13 @@ from router.config import (
 )
 from router.deliveries import Deliveries
 from router.exporter import AuditSyslogCollector, BrokerCollector, add_collector, start_exporter
-from router.inbox import Inbox, recorded
+from router.inbox import Inbox
 from router.logs import get_logger
 from router.queue import (
     FORWARD_QUEUE,
     ROUTE_QUEUE,
     configure,
     enqueue_forward,
-    enqueue_route,
     visibility_timeout,
 )
 from router.retries import RetrySchedule, start_pump_thread
@@ -245,7 +245,7 @@ def start_worker_exporter(cfg: RouterConfig, port: int) -> None:
 
 def serve(cfg: RouterConfig, config_path: Path, workers: int) -> int:
     """Run until SIGTERM/SIGINT; returns the process exit code."""
-    configure(cfg)
+    celery_app = configure(cfg)
     spool = Spool(cfg.spool.dir)
     spool.ensure()
     audit = audit_log_from_config(cfg)
@@ -271,8 +271,8 @@ def serve(cfg: RouterConfig, config_path: Path, workers: int) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
 
-    inbox = Inbox(redis.Redis.from_url(cfg.broker_url, socket_connect_timeout=1, socket_timeout=5))
-    scp = StorageSCP(cfg, spool, audit, enqueue=recorded(inbox, enqueue_route))
+    broker = redis.Redis.from_url(cfg.broker_url, socket_connect_timeout=1, socket_timeout=5)
+    scp = StorageSCP(cfg, spool, audit, enqueue=RouteAdmission(celery_app, broker))
     scp.start()
     pump = start_retry_pump(cfg)
     sweeper = start_stalled_sweeper(cfg)
