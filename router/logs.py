@@ -14,6 +14,7 @@ from collections.abc import MutableMapping
 from typing import Any
 
 import structlog
+from pynetdicom import _config as pynetdicom_config
 
 # Field names that must never reach a log line (PS3.15 Annex E patient attributes,
 # in keyword and snake_case form). The full Annex E table lives with de-identification.
@@ -75,8 +76,11 @@ def configure_logging(level: str = "INFO", json_output: bool | None = None) -> N
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    # pynetdicom logs dataset summaries at DEBUG; keep it at WARNING.
+    # pynetdicom logs dataset summaries at DEBUG; keep it at WARNING. Its standard
+    # event handlers only ever log below that level, yet format every PDU and DIMSE
+    # message they see (up to a tenth of a sending worker's CPU): do not bind them.
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    pynetdicom_config.LOG_HANDLER_LEVEL = "none"
     # Celery logs two lines per task; the audit trail already records each instance.
     for name in ("celery.worker.strategy", "celery.app.trace"):
         logging.getLogger(name).setLevel(max(logging.WARNING, root.level))

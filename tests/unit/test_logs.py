@@ -9,6 +9,9 @@ from collections.abc import Iterator
 
 import pytest
 import structlog
+from pynetdicom import AE, evt
+from pynetdicom import _config as pynetdicom_config
+from pynetdicom.association import Association
 
 from router.logs import PHI_FIELDS, REDACTED, configure_logging, drop_phi, get_logger
 
@@ -18,7 +21,9 @@ def restore_logging() -> Iterator[None]:
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
     pynetdicom_level = logging.getLogger("pynetdicom").level
+    pynetdicom_handlers = pynetdicom_config.LOG_HANDLER_LEVEL
     yield
+    pynetdicom_config.LOG_HANDLER_LEVEL = pynetdicom_handlers
     structlog.reset_defaults()
     root.handlers[:] = handlers
     root.setLevel(level)
@@ -181,3 +186,12 @@ def test_terminal_gets_console_lines_and_pipes_get_json() -> None:
     assert "forwarded" in text and "destination=pacs" in text
     assert not text.lstrip().startswith("{"), text
     assert "SECRET-42" not in text
+
+
+def test_pynetdicom_formats_no_messages_it_would_only_drop() -> None:
+    """pynetdicom's standard handlers log below the level kept for it; not bound at all."""
+    configure_logging("DEBUG")
+    assoc = Association(AE(), "requestor")
+    for event in (evt.EVT_PDU_SENT, evt.EVT_PDU_RECV, evt.EVT_DIMSE_SENT, evt.EVT_DIMSE_RECV):
+        assert assoc.get_handlers(event) == [], event.name
+    assert logging.getLogger("pynetdicom").getEffectiveLevel() == logging.WARNING
