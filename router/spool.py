@@ -3,7 +3,8 @@
 An instance is acknowledged to the modality only once it is here, so every step
 that puts a file into the spool is atomic and durable: the bytes go to a temporary
 file on the same file system, are fsync'ed, renamed into place, and the directory
-is fsync'ed. A crash leaves either the whole file or nothing under ``incoming/``.
+is fsync'ed (a directory the spool creates is fsync'ed in its parent as well). A
+crash leaves either the whole file or nothing under ``incoming/``.
 
 Keys are random hex strings chosen by the spool. They are never built from UIDs or
 AE titles, which come from the network and could contain path separators, collide,
@@ -53,6 +54,26 @@ def _fsync_file(path: Path) -> None:
         os.close(fd)
 
 
+def _make_dirs(path: Path) -> None:
+    """Create ``path`` and any missing parents, each new entry fsync'ed in its parent.
+
+    Without the parent's fsync a power loss can take a new directory away, with every
+    file in it that was itself fsync'ed.
+    """
+    missing: list[Path] = []
+    while not path.is_dir():
+        missing.append(path)
+        path = path.parent
+    for folder in reversed(missing):
+        try:
+            folder.mkdir()
+        except FileExistsError:
+            if not folder.is_dir():  # a file in the way
+                raise
+            continue  # another process made it meanwhile (and syncs it)
+        _fsync_dir(folder.parent)
+
+
 def new_key() -> str:
     """A fresh spool key: 128 random bits, hex."""
     return uuid.uuid4().hex
@@ -79,7 +100,7 @@ class Spool:
         """Create the directories; raise :class:`SpoolError` if that is not possible."""
         try:
             for folder in (self.tmp, self.incoming, self.done, self.unmatched):
-                folder.mkdir(parents=True, exist_ok=True)
+                _make_dirs(folder)
         except OSError as exc:
             raise SpoolError(f"cannot create spool directory {self.root}: {exc}") from exc
 
@@ -124,8 +145,13 @@ class Spool:
         target = self.path(key)
         try:
             _fsync_file(received)
-            target.parent.mkdir(exist_ok=True)
-            os.rename(received, target)
+            try:
+                os.rename(received, target)
+            except FileNotFoundError:
+                if not received.exists():
+                    raise
+                _make_dirs(target.parent)  # the first instance with this key prefix
+                os.rename(received, target)
             _fsync_dir(target.parent)
         except OSError as exc:
             raise SpoolError(f"cannot store instance in spool: {exc}") from exc

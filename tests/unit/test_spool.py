@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+import router.spool as spool_module
 from router.spool import Spool, SpoolError, check_key, new_key
 
 KEY_RE = re.compile(r"^[0-9a-f]{32}$")
@@ -152,6 +153,51 @@ def test_adopt_moves_received_file_into_incoming(spool: Spool) -> None:
     assert not received.exists()
     assert spool.path(key).read_bytes() == b"received"
     assert spool.incoming_keys() == [key]
+
+
+@pytest.fixture
+def fsynced_dirs(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """Directories the spool fsyncs, in order (each still really fsync'ed)."""
+    seen: list[Path] = []
+    real = spool_module._fsync_dir
+
+    def recording(path: Path) -> None:
+        seen.append(Path(path))
+        real(path)
+
+    monkeypatch.setattr(spool_module, "_fsync_dir", recording)
+    return seen
+
+
+def test_ensure_syncs_each_new_directory_in_its_parent(
+    tmp_path: Path, fsynced_dirs: list[Path]
+) -> None:
+    root = tmp_path / "new" / "spool"
+    Spool(root).ensure()
+    assert fsynced_dirs[:2] == [tmp_path, tmp_path / "new"]
+    assert set(fsynced_dirs[2:]) == {root}  # tmp, incoming, done, unmatched are in root
+    fsynced_dirs.clear()
+    Spool(root).ensure()
+    assert fsynced_dirs == []  # nothing new, nothing to sync
+
+
+def test_adopt_syncs_a_new_key_directory_in_incoming_once(
+    spool: Spool, fsynced_dirs: list[Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def received(name: str) -> Path:
+        path = spool.tmp / name
+        path.write_bytes(b"DICM")
+        return path
+
+    first = spool.adopt(received("a"))
+    # The key's folder is new: its entry in incoming/ is made durable, then the file's.
+    assert fsynced_dirs == [spool.incoming, spool.path(first).parent]
+    fsynced_dirs.clear()
+    same_folder = first[:2] + new_key()[2:]
+    monkeypatch.setattr(spool_module, "new_key", lambda: same_folder)
+    second = spool.adopt(received("b"))
+    assert second == same_folder
+    assert fsynced_dirs == [spool.path(second).parent]  # folder exists: only the rename
 
 
 def test_adopt_missing_file_raises_spool_error(spool: Spool) -> None:
