@@ -20,8 +20,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pydicom import dcmread
+from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.filereader import read_partial
+from pydicom.tag import BaseTag
 from pydicom.uid import (
     HEVCM10P51,
     HEVCMP51,
@@ -105,6 +107,21 @@ ACCEPTED_TRANSFER_SYNTAXES = [
 PDU_HARD_LIMIT = 64 * 1024 * 1024
 
 Enqueue = Callable[[str, dict[str, Any]], None]
+
+
+LAST_TAG_READ = 0x0020000D
+"""Study Instance UID: the SCP reads SOP Instance UID, Patient ID and this one, in
+tag order, and stops there (a CT header often has hundreds of elements after it)."""
+
+
+def _past_last_tag_read(tag: BaseTag, vr: str | None, length: int) -> bool:
+    return int(tag) > LAST_TAG_READ
+
+
+def read_identifiers(path: Path) -> Dataset:
+    """The received file's meta and its data set up to Study Instance UID."""
+    with open(path, "rb") as handle:
+        return read_partial(handle, stop_when=_past_last_tag_read)
 
 
 def _cap_pdu_reads(event: Any, limit: int) -> None:
@@ -292,7 +309,7 @@ class StorageSCP:
         if not self.spool.has_room(self.cfg.spool.min_free_mb):
             return self._refuse(Status.OUT_OF_RESOURCES, "disk_low", fields)
         try:
-            header = dcmread(received, stop_before_pixels=True)
+            header = read_identifiers(received)
             study_uid = str(header.get("StudyInstanceUID", ""))
             sop_uid = str(header.SOPInstanceUID)
         except (InvalidDicomError, AttributeError, ValueError, KeyError, EOFError, OSError) as exc:

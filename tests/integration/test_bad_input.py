@@ -145,6 +145,27 @@ def test_malformed_dataset_gets_cannot_understand(
     assert "malformed_dataset" in router.audit_events("rejected")[-1]["status"]
 
 
+def test_dataset_naming_another_instance_than_its_request_is_refused(
+    make_router: Any, redis_server: RedisServer, ct_file: Path, tmp_path: Path
+) -> None:
+    """The request's Affected SOP Instance UID comes from the file meta; the data set
+    inside names another instance: refused, nothing kept."""
+    dataset = dcmread(ct_file)
+    dataset.file_meta.MediaStorageSOPInstanceUID = "1.2.826.0.1.3680043.8.498.4242"
+    odd = tmp_path / "odd.dcm"
+    dataset.save_as(odd)  # as is: enforcing the file format would repair the meta
+    router = make_router(redis_server.url)
+    previous = _config.STORE_SEND_CHUNKED_DATASET
+    _config.STORE_SEND_CHUNKED_DATASET = True  # the request UID is read from the file meta
+    try:
+        assert store(router.port, odd) == 0xA900
+    finally:
+        _config.STORE_SEND_CHUNKED_DATASET = previous
+    assert spooled_files(router) == []
+    assert "sop_instance_uid_mismatch" in router.audit_events("rejected")[-1]["status"]
+    assert redis_server.client().llen("route") == 0
+
+
 def test_calling_ae_not_allowed_is_rejected_and_audited(
     make_router: Any, redis_server: RedisServer, ct_file: Path
 ) -> None:
