@@ -5,8 +5,11 @@ instance waits for (storescu sends the next one only after the answer). Celery's
 ``send_task`` followed by a separate inbox write cost two Redis round trips and
 about a millisecond of CPU per instance. Here Celery still builds the task message
 (``as_task_v2``) and kombu still serializes it; only the last step, the LPUSH that
-kombu's Redis transport would make, goes into one MULTI with the inbox record. The
-record and the task then exist together or not at all.
+kombu's Redis transport would make, goes into one MULTI with the inbox record. A
+broker lost before EXEC has stored neither. (Redis does not undo one command when
+another fails inside EXEC, which only a key of the wrong type could cause; the SCP
+then refuses the instance, and the route task the stalled-work sweep queues for the
+orphan record finds no spool file and removes it.)
 
 The envelope is the one kombu's Redis transport puts on a queue (and its consumers
 read back); ``tests/integration/test_admission.py`` compares it with what

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tests.bench.cpu import cpu_seconds
-from tests.bench.sinks import running_sinks
+from tests.bench.sinks import running_sinks, wait_until_idle
 from tests.support.capture_scp import CaptureSCP
 from tests.support.dcmtk import storescu
 from tests.support.router_proc import RedisServer, RouterProcess, start_router, write_config
@@ -90,6 +90,7 @@ def main() -> None:
                     # Fresh UIDs each repetition: delivery records never short-cut a send.
                     files = write_ct_series(root / f"series{rep}", args.count, seed=rep)
                     for router, chosen in routers:
+                        wait_until_idle(sinks)  # no associations left over from the other run
                         results[len(chosen)].append(timed(files, router, chosen))
                     print(f"rep {rep + 1}: " + ", ".join(
                         f"{n} destination{'s' * (n > 1)} {results[n][-1].seconds:.2f} s "

@@ -25,7 +25,7 @@ from pathlib import Path
 import psutil
 
 from tests.bench.cpu import cpu_seconds
-from tests.bench.sinks import running_sinks
+from tests.bench.sinks import running_sinks, wait_until_idle
 from tests.support.capture_scp import CaptureSCP
 from tests.support.dcmtk import storescu
 from tests.support.router_proc import RedisServer, start_router, write_config
@@ -112,8 +112,10 @@ def main() -> None:
             peak = 0
             try:
                 for rep in range(args.reps):
+                    wait_until_idle([sink])  # the router's associations from the last rep
                     direct.append(timed_send(files, sink.port, sink.ae_title, sink, direct_cpu))
                     redis_server.client().flushdb()
+                    wait_until_idle([sink])
                     router_before = cpu_seconds([router.proc.pid])
                     with PeakRSS(router.proc.pid) as sampler:
                         routed.append(timed_send(files, router.port, "ROUTER", sink, routed_cpu))

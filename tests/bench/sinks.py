@@ -16,9 +16,12 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
+
+import psutil
 
 from tests.support.capture_scp import CaptureSCP
 
@@ -41,3 +44,29 @@ def running_sinks(count: int, lean: bool = False) -> Iterator[list[CaptureSCP]]:
             )
             sinks.append(stack.enter_context(sink))
         yield sinks
+
+
+IDLE_WAIT_S = 30.0
+
+
+def open_associations(sink: CaptureSCP) -> int:
+    """TCP connections established to the sink's port (one per open association)."""
+    connections = psutil.Process(sink.pid).net_connections(kind="tcp")
+    return sum(1 for c in connections
+               if c.status == psutil.CONN_ESTABLISHED and c.laddr.port == sink.port)  # fmt: skip
+
+
+def wait_until_idle(sinks: list[CaptureSCP], timeout: float = IDLE_WAIT_S) -> float:
+    """Wait until no association to any sink is open; returns the seconds waited.
+
+    A router keeps its associations open for a while after a run (they are closed
+    after 10 s idle), and a stock sink's side of each polls: about 0.07 of a core,
+    idle or not. Timing the next run meanwhile would charge it for the previous
+    one's connections, so each timed run starts with none open.
+    """
+    start = time.monotonic()
+    while any(open_associations(sink) for sink in sinks):
+        if time.monotonic() - start > timeout:
+            raise TimeoutError(f"associations to the sinks still open after {timeout:.0f} s")
+        time.sleep(0.2)
+    return time.monotonic() - start
