@@ -54,6 +54,17 @@ def store(port: int, source: Any, calling_ae: str = "CT01") -> int:
         assoc.release()
 
 
+def store_file_as_is(port: int, path: Path) -> int:
+    """C-STORE a file's bytes unparsed (pynetdicom's chunked send): the request's
+    SOP Class and Instance UIDs come from its file meta, the data set is not read."""
+    previous = _config.STORE_SEND_CHUNKED_DATASET
+    _config.STORE_SEND_CHUNKED_DATASET = True
+    try:
+        return store(port, path)
+    finally:
+        _config.STORE_SEND_CHUNKED_DATASET = previous
+
+
 @pytest.fixture()
 def make_router(tmp_path: Path) -> Iterator[Any]:
     started: list[RouterProcess] = []
@@ -135,12 +146,7 @@ def test_malformed_dataset_gets_cannot_understand(
     buffer.write(struct.pack("<HH2sH", 0x0008, 0x0016, b"UI", 200) + b"1.2.3.4\0xx")
     bad = tmp_path / "bad.dcm"
     bad.write_bytes(buffer.getvalue())
-    previous = _config.STORE_SEND_CHUNKED_DATASET
-    _config.STORE_SEND_CHUNKED_DATASET = True  # send the bytes as they are
-    try:
-        assert store(router.port, bad) == 0xC000
-    finally:
-        _config.STORE_SEND_CHUNKED_DATASET = previous
+    assert store_file_as_is(router.port, bad) == 0xC000
     assert spooled_files(router) == []
     assert "malformed_dataset" in router.audit_events("rejected")[-1]["status"]
 
@@ -155,12 +161,7 @@ def test_dataset_naming_another_instance_than_its_request_is_refused(
     odd = tmp_path / "odd.dcm"
     dataset.save_as(odd)  # as is: enforcing the file format would repair the meta
     router = make_router(redis_server.url)
-    previous = _config.STORE_SEND_CHUNKED_DATASET
-    _config.STORE_SEND_CHUNKED_DATASET = True  # the request UID is read from the file meta
-    try:
-        assert store(router.port, odd) == 0xA900
-    finally:
-        _config.STORE_SEND_CHUNKED_DATASET = previous
+    assert store_file_as_is(router.port, odd) == 0xA900
     assert spooled_files(router) == []
     assert "sop_instance_uid_mismatch" in router.audit_events("rejected")[-1]["status"]
     assert redis_server.client().llen("route") == 0
