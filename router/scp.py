@@ -60,7 +60,6 @@ from router import metrics, quiet
 from router.audit import AuditLog
 from router.config import RouterConfig
 from router.logs import get_logger
-from router.queue import enqueue_route
 from router.scu import set_nodelay
 from router.spool import Spool, SpoolError
 from router.status import Status
@@ -107,6 +106,8 @@ ACCEPTED_TRANSFER_SYNTAXES = [
 PDU_HARD_LIMIT = 64 * 1024 * 1024
 
 Enqueue = Callable[[str, dict[str, Any]], None]
+"""Queues an accepted instance's route task (``router.admission.RouteAdmission``);
+raises when the broker did not take it."""
 
 
 LAST_TAG_READ = 0x0020000D
@@ -146,7 +147,7 @@ class StorageSCP:
         cfg: RouterConfig,
         spool: Spool,
         audit: AuditLog,
-        enqueue: Enqueue = enqueue_route,
+        enqueue: Enqueue,
     ) -> None:
         self.cfg = cfg
         self.spool = spool
