@@ -20,15 +20,8 @@ association sides sleep until there is something to do:
   non-blocking look at the DIMSE message queue wait up to ``WAIT_S`` for a message
   (a queued message wakes it at once), so it loops ~40 times a second instead
   of ~1000. A release or abort from the peer is noticed within ``WAIT_S``.
-- Association reactor of a *requestor* (outbound): ``park_requestor`` keeps it
-  paused, between and during requests. pynetdicom pauses it for every
-  ``send_c_store`` anyway (and would resume it afterwards), so sends are
-  unchanged; while parked it does not watch for a peer's release or abort, so
-  callers check ``usable`` before reusing the association and abort it if the
-  peer has gone. It runs again when the association ends, to exit.
 
-Outbound PDUs are capped at 128 KiB (``cap_send_pdu``), and PDUs are read in one
-piece (``bulk_reads``): pynetdicom's transport reads a
+PDUs are read in one piece (``bulk_reads``): pynetdicom's transport reads a
 PDU 4 KiB at a time, each read a system call and a bytearray extension, which for
 a 0.5 MB CT slice is about 130 calls; reading into a buffer of the announced
 length takes one or a few.
@@ -47,16 +40,12 @@ import ssl
 import threading
 from typing import Any
 
-from pynetdicom.pdu_primitives import MaximumLengthNotification
-
 from router.logs import get_logger
 
 log = get_logger(__name__)
 
 WAIT_S = 0.025
 """Longest idle wait: bounds the delay of timers and shutdown, not of data."""
-
-DATA_TRANSFER_STATE = "Sta6"
 
 
 class _DulWaiter:
@@ -166,65 +155,6 @@ def quiet_acceptor(assoc: Any) -> bool:
     return True
 
 
-class _ParkedCheckpoint:
-    """Stands in for a requestor's ``_reactor_checkpoint``: it stays cleared.
-
-    pynetdicom sets the checkpoint at the end of every ``send_c_store``, which
-    wakes the reactor for one loop (including its 1 ms sleep) before it could be
-    parked again; a send that starts meanwhile spins until the reactor pauses.
-    Here ``set`` is ignored until the association ends (abort, release, kill), when
-    the reactor must run to exit.
-    """
-
-    def __init__(self, assoc: Any, event: threading.Event) -> None:
-        self._assoc = assoc
-        self._event = event
-
-    def _ending(self) -> bool:
-        assoc = self._assoc
-        return bool(
-            getattr(assoc, "_kill", True)
-            or getattr(assoc, "_sent_abort", True)
-            or assoc.is_released
-            or assoc.is_aborted
-            or not assoc.is_established
-        )
-
-    def set(self) -> None:
-        if self._ending():
-            self._event.set()
-
-    def clear(self) -> None:
-        self._event.clear()
-
-    def is_set(self) -> bool:
-        return self._event.is_set()
-
-    def wait(self, timeout: float | None = None) -> bool:
-        return self._event.wait(timeout)
-
-
-def park_requestor(assoc: Any) -> None:
-    """Pause a requestor's association reactor between requests (see module doc)."""
-    checkpoint = getattr(assoc, "_reactor_checkpoint", None)
-    if checkpoint is None or not getattr(assoc, "is_established", False):
-        return
-    checkpoint.clear()
-    if isinstance(checkpoint, threading.Event):  # first time: keep it cleared from now on
-        assoc._reactor_checkpoint = _ParkedCheckpoint(assoc, checkpoint)
-
-
-def usable(assoc: Any) -> bool:
-    """True if an (outbound, parked) association can carry another request."""
-    if not assoc.is_established or assoc.is_aborted or assoc.is_released:
-        return False
-    dul = assoc.dul
-    if not dul.is_alive():
-        return False
-    machine = getattr(dul, "state_machine", None)
-    return machine is None or machine.current_state == DATA_TRANSFER_STATE
-
-
 READ_CHUNK = 1024 * 1024
 """The most a read allocates ahead of data actually received: a PDU's announced
 length is the peer's word, and must not reserve memory by itself."""
@@ -257,28 +187,3 @@ def bulk_reads(transport: Any) -> bool:
 
     transport.recv = recv
     return True
-
-
-SEND_PDU_LIMIT = 128 * 1024
-"""Largest P-DATA PDU the router sends, whatever larger size (or "unlimited") the
-peer accepts: the size dcmtk's storescu sends. Measured against a pynetdicom
-receiver, 0.5 MB slices sent as single PDUs cost it about twice the CPU and took
-1.7 times as long as 128 KiB PDUs; up to 128 KiB the cost is flat. It also keeps a
-large multi-frame instance from becoming one PDU the peer must hold whole."""
-
-
-def cap_send_pdu(assoc: Any, limit: int = SEND_PDU_LIMIT) -> bool:
-    """Send PDUs of at most ``limit`` bytes on an established outbound association.
-
-    pynetdicom sizes outgoing PDUs by the maximum length the acceptor announced
-    (0 = unlimited: the whole data set in one PDU); lowering that announced value
-    after negotiation changes only how this side splits its messages.
-    """
-    acceptor = getattr(assoc, "acceptor", None)
-    for item in getattr(acceptor, "user_information", None) or []:
-        if isinstance(item, MaximumLengthNotification):
-            announced = item.maximum_length_received
-            if not announced or announced > limit:
-                item.maximum_length_received = limit
-            return True
-    return False

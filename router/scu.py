@@ -6,8 +6,10 @@ reuses it while it covers the instance's SOP class and transfer syntax. When an
 instance needs a context the open association lacks, the association is replaced
 by one proposing every context this process has needed for that destination.
 
-Instances are sent from their spool file without decoding (pynetdicom's chunked
-send), so the bytes that arrive are the bytes that were received.
+Instances are sent from their spool file without decoding, so the bytes that
+arrive are the bytes that were received; the sending itself is done by
+router/store_association.py in the calling thread (why: see there). C-ECHO uses
+pynetdicom's own association.
 """
 
 from __future__ import annotations
@@ -21,20 +23,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pynetdicom import AE, _config, evt
+from pynetdicom import AE, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-from router import metrics, quiet
+from router import metrics
 from router.slots import AssociationSlots
-
-# Send datasets straight from file, never decoding them.
-_config.STORE_SEND_CHUNKED_DATASET = True
+from router.store_association import AssociationError, StoreAssociation
 
 MAX_CONTEXTS = 120
-# pynetdicom polls every open association (two threads waking about every
-# millisecond, roughly a tenth of a core per side); the router's own side waits
-# instead (router.quiet), but the destination's side may still poll, so idle
-# associations are closed soon.
+# A pynetdicom destination polls every open association (two threads waking about
+# every millisecond, roughly a tenth of a core), so idle associations are closed soon.
 IDLE_CLOSE_S = 10.0
 
 
@@ -69,22 +67,6 @@ def set_nodelay(event: Any) -> None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     except (AttributeError, OSError):
         pass
-
-
-def _count_open(event: Any) -> None:
-    metrics.associations_active.labels("outbound").inc()
-
-
-def _count_closed(event: Any) -> None:
-    metrics.associations_active.labels("outbound").dec()
-
-
-_HANDLERS: list[Any] = [
-    (evt.EVT_CONN_OPEN, set_nodelay),
-    (evt.EVT_ESTABLISHED, _count_open),
-    (evt.EVT_RELEASED, _count_closed),
-    (evt.EVT_ABORTED, _count_closed),
-]
 
 
 def _make_ae(calling_ae: str, peer: Peer) -> AE:
@@ -128,7 +110,7 @@ def echo(calling_ae: str, peer: Peer) -> tuple[bool, str]:
 
 @dataclass
 class _Pooled:
-    assoc: Any
+    assoc: StoreAssociation
     proposed: frozenset[tuple[str, str]]
     accepted: frozenset[tuple[str, str]]
     last_used: float
@@ -183,18 +165,19 @@ class AssociationPool:
 
     def _close(self, name: str) -> None:
         pooled = self._pooled.pop(name, None)
-        if pooled is not None and quiet.usable(pooled.assoc):
+        if pooled is None:
+            return
+        if pooled.assoc.usable():  # else it is closed already (aborted by the check)
             pooled.assoc.release()
-        elif pooled is not None and not (pooled.assoc.is_aborted or pooled.assoc.is_released):
-            pooled.assoc.abort()  # the peer released or dropped it while it was parked
-        if pooled is not None and self.slots is not None:
+        metrics.associations_active.labels("outbound").dec()
+        if self.slots is not None:
             self.slots.release(name)
 
     def answering(self, name: str) -> bool:
         """True if this process holds an open association to ``name`` that still works
         (so the destination answered within the last ``idle_close_s``)."""
         pooled = self._pooled.get(name)
-        return pooled is not None and quiet.usable(pooled.assoc)
+        return pooled is not None and pooled.assoc.usable()
 
     def close_all(self) -> None:
         for name in list(self._pooled):
@@ -204,7 +187,7 @@ class AssociationPool:
     def _association(self, name: str, peer: Peer, needed: list[tuple[str, str]]) -> _Pooled:
         """An association that has proposed every context in ``needed`` (accepted or not)."""
         pooled = self._pooled.get(name)
-        reusable = pooled is not None and quiet.usable(pooled.assoc)
+        reusable = pooled is not None and pooled.assoc.usable()
         if reusable and pooled is not None and pooled.proposed.issuperset(needed):
             if self.slots is not None and peer.max_associations:
                 self.slots.renew(name)
@@ -227,23 +210,20 @@ class AssociationPool:
             wanted.move_to_end(context)
         while len(wanted) > MAX_CONTEXTS:
             wanted.popitem(last=False)
-        ae = _make_ae(self.calling_ae, peer)
-        for sop_class, syntax in wanted:
-            ae.add_requested_context(sop_class, [syntax])
-        assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title, evt_handlers=_HANDLERS)
-        if not assoc.is_established:
-            if assoc.is_rejected:
-                raise DeliveryError("association rejected by the destination", transient=True)
-            if assoc.rejected_contexts and not assoc.accepted_contexts:
-                # It answered, refusing every proposal (pynetdicom then aborts).
-                raise NoContextAcceptedError("the destination accepted no presentation context")
-            raise DeliveryError("cannot connect to the destination", transient=True)
-        quiet.quiet_dul(assoc)
-        quiet.park_requestor(assoc)
-        quiet.cap_send_pdu(assoc)
-        accepted = frozenset(
-            (str(cx.abstract_syntax), str(cx.transfer_syntax[0])) for cx in assoc.accepted_contexts
-        )
+        try:
+            assoc = StoreAssociation.open(
+                peer.host, peer.port, self.calling_ae, peer.ae_title, list(wanted),
+                timeout=peer.timeout, connect_timeout=min(peer.timeout, 10.0),
+            )  # fmt: skip
+        except AssociationError as exc:
+            if exc.rejected:
+                raise DeliveryError(exc.reason, transient=not exc.permanent) from exc
+            raise DeliveryError(f"cannot connect to the destination: {exc.reason}") from exc
+        if not assoc.accepted:
+            assoc.release()
+            raise NoContextAcceptedError("the destination accepted no presentation context")
+        metrics.associations_active.labels("outbound").inc()
+        accepted = frozenset(assoc.accepted)
         pooled = _Pooled(assoc, frozenset(wanted), accepted, time.monotonic())
         self._pooled[name] = pooled
         self._start_reaper()
@@ -279,18 +259,14 @@ class AssociationPool:
                 pooled.last_used = time.monotonic()
                 raise DeliveryError(refusal, transient=False)
             path, syntax = _prepare_first(accepted, prepare)
+            context_id = pooled.assoc.accepted[(sop_class, syntax)]
             try:
-                response = pooled.assoc.send_c_store(path)
-            except (OSError, RuntimeError) as exc:
+                status = pooled.assoc.send_c_store(path, context_id)
+            except AssociationError as exc:
                 self._close(name)
-                raise DeliveryError(f"association failed during C-STORE: {exc}") from exc
-            finally:
-                quiet.park_requestor(pooled.assoc)
+                raise DeliveryError(f"no C-STORE response: {exc.reason}") from exc
             pooled.last_used = time.monotonic()
-            if not response or "Status" not in response:
-                self._close(name)
-                raise DeliveryError("no C-STORE response (abort or timeout)")
-            return int(response.Status), syntax
+            return status, syntax
 
 
 class NoContextAcceptedError(DeliveryError):

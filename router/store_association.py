@@ -1,0 +1,416 @@
+"""An outbound association that sends C-STOREs from the calling thread (PS3.8, PS3.7).
+
+Why not pynetdicom's ``Association`` here: it runs each association as two
+threads (the DUL reactor and the association reactor) that hand every PDU to
+each other through queues and a state machine, and builds each C-STORE through
+DIMSE primitives and messages. For a router that sends every instance it
+receives to two or three destinations, measured on the benchmark machine, that
+machinery cost more CPU than the rest of a delivery together (see
+docs/performance.md, "synchronous sending"). A storage SCU needs little of it:
+negotiate once, then for each instance write one command and the file's data set
+as P-DATA PDUs and read one response. That is all this module does, on a
+blocking socket with a timeout, in the thread that asks for the send.
+
+pynetdicom still encodes and decodes the association negotiation (its PDU
+classes), and pydicom the command sets; this module frames them. The data set is
+read from the spool file in the transfer syntax it was stored in and sent as it
+is, never decoded.
+
+The association is used by one thread at a time (the pool holds a lock per
+destination). Any protocol surprise (an abort, a release request from the peer,
+an unexpected PDU, a timeout) closes it; the pool opens a new one next time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import socket
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+from io import BufferedIOBase, BytesIO
+from pathlib import Path
+
+from pydicom.dataset import Dataset
+from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
+from pynetdicom.dsutils import decode, encode, split_dataset
+from pynetdicom.pdu import A_ASSOCIATE_AC, A_ASSOCIATE_RJ, A_ASSOCIATE_RQ
+from pynetdicom.pdu_primitives import (
+    A_ASSOCIATE,
+    ImplementationClassUIDNotification,
+    ImplementationVersionNameNotification,
+    MaximumLengthNotification,
+)
+from pynetdicom.presentation import PresentationContext
+
+APPLICATION_CONTEXT = "1.2.840.10008.3.1.1.1"
+
+# PDU types (PS3.8 9.3.1)
+ASSOCIATE_RQ, ASSOCIATE_AC, ASSOCIATE_RJ = 0x01, 0x02, 0x03
+P_DATA, RELEASE_RQ, RELEASE_RP, ABORT = 0x04, 0x05, 0x06, 0x07
+
+SEND_PDU_LIMIT = 128 * 1024
+"""Largest P-DATA PDU sent, whatever larger size (or "unlimited") the peer accepts:
+the size dcmtk's storescu sends. Measured against a pynetdicom receiver, 0.5 MB
+slices sent as single PDUs cost it about twice the CPU and took 1.7 times as long
+as 128 KiB PDUs; up to 128 KiB the cost is flat. It also keeps a large multi-frame
+instance from becoming one PDU the peer must hold whole."""
+
+MAX_RECEIVED_PDU = 1024 * 1024
+"""Longest PDU accepted from a destination: what it sends back (an association
+answer, a C-STORE response) is small; a longer announcement is a broken peer."""
+
+RELEASE_WAIT_S = 5.0
+"""How long a release waits for the peer's answer before just closing."""
+
+_HEADER = struct.Struct(">BBL")
+_PDATA_HEADER = struct.Struct(">BBLLBB")  # PDU type, reserved, PDU length, PDV length, ctx, flags
+_GROUP_LENGTH = struct.Struct("<HHLL")  # (0000,0000) UL, implicit VR little endian
+
+DEFLATED = "1.2.840.10008.1.2.1.99"
+C_STORE_RQ = 0x0001
+C_STORE_RSP = 0x8001
+NO_DATA_SET = 0x0101
+
+
+class AssociationError(Exception):
+    """The association could not be set up, or broke; ``reason`` says how."""
+
+    def __init__(self, reason: str, rejected: bool = False, permanent: bool = False) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.rejected = rejected
+        """The peer answered the association request with a rejection."""
+        self.permanent = permanent
+        """A rejection the peer marked permanent (PS3.8 9.3.4: result 1)."""
+
+
+@dataclass(frozen=True)
+class Context:
+    """One presentation context as negotiated."""
+
+    context_id: int
+    abstract_syntax: str
+    transfer_syntax: str
+    accepted: bool
+
+
+def _recv_exactly(sock: socket.socket, count: int) -> bytes:
+    data = bytearray(count)
+    view = memoryview(data)
+    done = 0
+    while done < count:
+        got = sock.recv_into(view[done:], count - done)
+        if not got:
+            raise AssociationError("the destination closed the connection")
+        done += got
+    return bytes(data)
+
+
+def _read_pdu(sock: socket.socket) -> tuple[int, bytes]:
+    """One whole PDU: (type, bytes including its 6-byte header)."""
+    header = _recv_exactly(sock, _HEADER.size)
+    pdu_type, _reserved, length = _HEADER.unpack(header)
+    if length > MAX_RECEIVED_PDU:
+        raise AssociationError(f"the destination announced a PDU of {length} bytes")
+    return pdu_type, header + _recv_exactly(sock, length)
+
+
+def _request_pdu(calling_ae: str, called_ae: str, contexts: Sequence[PresentationContext]) -> bytes:
+    primitive = A_ASSOCIATE()
+    primitive.application_context_name = APPLICATION_CONTEXT
+    primitive.calling_ae_title = calling_ae
+    primitive.called_ae_title = called_ae
+    primitive.presentation_context_definition_list = list(contexts)
+    max_length = MaximumLengthNotification()
+    max_length.maximum_length_received = 0  # responses are small; no limit asked
+    class_uid = ImplementationClassUIDNotification()
+    class_uid.implementation_class_uid = PYNETDICOM_IMPLEMENTATION_UID
+    version = ImplementationVersionNameNotification()
+    version.implementation_version_name = PYNETDICOM_IMPLEMENTATION_VERSION
+    primitive.user_information = [max_length, class_uid, version]
+    pdu = A_ASSOCIATE_RQ()
+    pdu.from_primitive(primitive)
+    return pdu.encode()
+
+
+def _rejection(raw: bytes) -> AssociationError:
+    pdu = A_ASSOCIATE_RJ()
+    pdu.decode(raw)
+    primitive = pdu.to_primitive()
+    result = primitive.result
+    kind = "permanently" if result == 0x01 else "transiently"
+    return AssociationError(
+        f"association rejected {kind} by the destination "
+        f"(source {primitive.result_source}, reason {primitive.diagnostic})",
+        rejected=True,
+        permanent=result == 0x01,
+    )
+
+
+def _command_set(message_id: int, sop_class: str, sop_instance: str) -> bytes:
+    """A C-STORE-RQ command set, implicit VR little endian (PS3.7 9.3.1.1)."""
+    command = Dataset()
+    command.AffectedSOPClassUID = sop_class
+    command.CommandField = C_STORE_RQ
+    command.MessageID = message_id
+    command.Priority = 0  # medium
+    command.CommandDataSetType = 0x0000  # a data set follows
+    command.AffectedSOPInstanceUID = sop_instance
+    body = encode(command, True, True)
+    if body is None:
+        raise AssociationError("cannot encode the C-STORE request")
+    return _GROUP_LENGTH.pack(0x0000, 0x0000, 4, len(body)) + body
+
+
+class StoreAssociation:
+    """An established association to one destination; see the module docstring."""
+
+    def __init__(self, sock: socket.socket, contexts: list[Context], peer_max_pdu: int) -> None:
+        self._sock: socket.socket | None = sock
+        self.contexts = contexts
+        self.accepted = {
+            (cx.abstract_syntax, cx.transfer_syntax): cx.context_id
+            for cx in contexts
+            if cx.accepted
+        }
+        """(SOP class, transfer syntax) -> presentation context ID."""
+        limit = peer_max_pdu if 0 < peer_max_pdu < SEND_PDU_LIMIT else SEND_PDU_LIMIT
+        self.send_pdu_size = limit
+        """Largest P-DATA PDU this side sends (the peer's maximum, at most 128 KiB)."""
+        self._message_id = 0
+        self._buffer = bytearray(_PDATA_HEADER.size + limit - 6)
+
+    @classmethod
+    def open(
+        cls,
+        host: str,
+        port: int,
+        calling_ae: str,
+        called_ae: str,
+        proposals: Sequence[tuple[str, str]],
+        timeout: float,
+        connect_timeout: float,
+    ) -> StoreAssociation:
+        """Connect and negotiate one presentation context per (SOP class, syntax)."""
+        if not 0 < len(proposals) <= 128:
+            raise ValueError("between 1 and 128 presentation contexts can be proposed")
+        proposed: dict[int, tuple[str, str]] = {}
+        contexts = []
+        for index, (sop_class, syntax) in enumerate(proposals):
+            context = PresentationContext()
+            context.context_id = 2 * index + 1
+            context.abstract_syntax = sop_class
+            context.transfer_syntax = [syntax]
+            contexts.append(context)
+            proposed[context.context_id] = (sop_class, syntax)
+        try:
+            sock = socket.create_connection((host, port), timeout=connect_timeout)
+        except OSError as exc:
+            raise AssociationError(f"cannot connect ({exc.strerror or exc})") from exc
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.settimeout(timeout)
+            sock.sendall(_request_pdu(calling_ae, called_ae, contexts))
+            pdu_type, raw = _read_pdu(sock)
+            if pdu_type == ASSOCIATE_RJ:
+                raise _rejection(raw)
+            if pdu_type == ABORT:
+                raise AssociationError("the destination aborted the association request")
+            if pdu_type != ASSOCIATE_AC:
+                raise AssociationError(f"unexpected PDU type 0x{pdu_type:02X} in answer")
+            answer = A_ASSOCIATE_AC()
+            answer.decode(raw)
+            primitive = answer.to_primitive()
+        except (AssociationError, OSError) as exc:
+            sock.close()
+            if isinstance(exc, AssociationError):
+                raise
+            raise AssociationError(f"association request failed ({exc})") from exc
+        peer_max = 0
+        for item in primitive.user_information:
+            if isinstance(item, MaximumLengthNotification):
+                peer_max = item.maximum_length_received or 0
+        negotiated = []
+        for result in primitive.presentation_context_definition_results_list:
+            context_id = result.context_id
+            if context_id not in proposed:
+                continue
+            sop_class, syntax = proposed[context_id]
+            chosen = str(result.transfer_syntax[0]) if result.transfer_syntax else syntax
+            ok = result.result == 0x00 and chosen == syntax
+            negotiated.append(Context(context_id, sop_class, syntax, ok))
+        return cls(sock, negotiated, peer_max)
+
+    @property
+    def is_open(self) -> bool:
+        return self._sock is not None
+
+    def usable(self) -> bool:
+        """True if another request can be sent: open, and the peer has said nothing.
+
+        Between requests a destination has nothing to send; if it did (a release
+        request, an abort, a closed connection), the association is over.
+        """
+        sock = self._sock
+        if sock is None:
+            return False
+        try:
+            readable, _, _ = select.select([sock], [], [], 0)
+        except (OSError, ValueError):
+            readable = [sock]
+        if readable:
+            self.abort()
+            return False
+        return True
+
+    def send_c_store(self, path: Path, context_id: int) -> int:
+        """Send the instance in ``path`` on ``context_id``; the response's status.
+
+        Raises AssociationError (the association is closed then) if there is no
+        response to read: the connection broke, timed out, or the peer aborted.
+        """
+        sock = self._sock
+        if sock is None:
+            raise AssociationError("the association is closed")
+        file_meta, offset = split_dataset(path)
+        self._message_id = self._message_id % 0xFFFF + 1
+        message_id = self._message_id
+        command = _command_set(
+            message_id,
+            str(file_meta.MediaStorageSOPClassUID),
+            str(file_meta.MediaStorageSOPInstanceUID),
+        )
+        try:
+            self._send_fragments(sock, context_id, BytesIO(command), len(command), 0x01)
+            with open(path, "rb") as source:
+                size = os.fstat(source.fileno()).st_size - offset
+                source.seek(offset)
+                # PS3.5 A.5: a deflated stream is padded to even length with a NUL;
+                # some writers leave it odd, and dcmtk refuses odd fragments.
+                pad = size % 2 == 1 and file_meta.TransferSyntaxUID == DEFLATED
+                self._send_fragments(sock, context_id, source, size, 0x00, pad)
+            return self._read_response(sock, message_id)
+        except (OSError, AssociationError) as exc:
+            self.abort()
+            if isinstance(exc, AssociationError):
+                raise
+            raise AssociationError(f"connection failed during C-STORE ({exc})") from exc
+
+    def _send_fragments(
+        self,
+        sock: socket.socket,
+        context_id: int,
+        source: BufferedIOBase,
+        size: int,
+        kind: int,
+        pad: bool = False,
+    ) -> None:
+        """Send ``size`` bytes of ``source`` as P-DATA PDUs of one PDV each.
+
+        ``kind`` is 0x01 for a command, 0x00 for a data set; the last fragment
+        also carries 0x02. Each PDU is read into one buffer behind its header and
+        sent with one call. ``pad`` appends one NUL byte after the data.
+        """
+        buffer = self._buffer
+        start = _PDATA_HEADER.size
+        most = len(buffer) - start
+        readinto = source.readinto
+        with memoryview(buffer) as view:
+            remaining = size + pad
+            while True:
+                chunk = min(most, remaining)
+                wanted = chunk - 1 if pad and chunk == remaining else chunk
+                got = readinto(view[start : start + wanted]) if wanted else 0
+                if got != wanted:
+                    raise AssociationError("the spool file changed while it was being sent")
+                if wanted < chunk:
+                    buffer[start + wanted] = 0
+                remaining -= chunk
+                flags = kind | (0x02 if remaining == 0 else 0)
+                pdv = chunk + 2  # context ID and flags, then the fragment
+                _PDATA_HEADER.pack_into(buffer, 0, P_DATA, 0, pdv + 4, pdv, context_id, flags)
+                sock.sendall(view[: start + chunk])
+                if remaining == 0:
+                    return
+
+    def _read_response(self, sock: socket.socket, message_id: int) -> int:
+        """Read P-DATA PDUs until a whole command set has arrived; its status."""
+        fragments: list[bytes] = []
+        while True:
+            pdu_type, raw = _read_pdu(sock)
+            if pdu_type == ABORT:
+                self._close()
+                raise AssociationError("the destination aborted the association")
+            if pdu_type == RELEASE_RQ:
+                self._answer_release(sock)
+                raise AssociationError("the destination released the association mid-request")
+            if pdu_type != P_DATA:
+                raise AssociationError(f"unexpected PDU type 0x{pdu_type:02X} during C-STORE")
+            position = _HEADER.size
+            while position < len(raw):
+                (length,) = struct.unpack_from(">L", raw, position)
+                flags = raw[position + 5]
+                if flags & 0x01 == 0:
+                    raise AssociationError("the destination answered a C-STORE with a data set")
+                fragments.append(raw[position + 6 : position + 4 + length])
+                position += 4 + length
+                if flags & 0x02:
+                    return self._status(b"".join(fragments), message_id)
+
+    @staticmethod
+    def _status(command_bytes: bytes, message_id: int) -> int:
+        try:
+            command = decode(BytesIO(command_bytes), True, True)
+            field = int(command.CommandField)
+            responded_to = int(command.MessageIDBeingRespondedTo)
+            status = int(command.Status)
+        except Exception as exc:  # pydicom raises many kinds on broken input
+            raise AssociationError(f"unreadable C-STORE response ({exc})") from exc
+        if field != C_STORE_RSP or responded_to != message_id:
+            raise AssociationError(
+                f"unexpected response (command 0x{field:04X} to message {responded_to})"
+            )
+        return status
+
+    def _answer_release(self, sock: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            sock.sendall(_HEADER.pack(RELEASE_RP, 0, 4) + b"\0\0\0\0")
+        self._close()
+
+    def release(self) -> None:
+        """Release the association politely (A-RELEASE), then close the connection."""
+        sock = self._sock
+        if sock is None:
+            return
+        try:
+            sock.settimeout(min(sock.gettimeout() or RELEASE_WAIT_S, RELEASE_WAIT_S))
+            sock.sendall(_HEADER.pack(RELEASE_RQ, 0, 4) + b"\0\0\0\0")
+            while True:
+                pdu_type, _raw = _read_pdu(sock)
+                if pdu_type in (RELEASE_RP, ABORT):
+                    break
+                if pdu_type == RELEASE_RQ:  # release collision (PS3.8 7.2.2)
+                    sock.sendall(_HEADER.pack(RELEASE_RP, 0, 4) + b"\0\0\0\0")
+                    break
+        except (OSError, AssociationError):
+            pass
+        self._close()
+
+    def abort(self) -> None:
+        """Abort the association (A-ABORT, source: service user) and close it."""
+        sock = self._sock
+        if sock is None:
+            return
+        with contextlib.suppress(OSError):
+            sock.sendall(_HEADER.pack(ABORT, 0, 4) + b"\0\0\0\0")
+        self._close()
+
+    def _close(self) -> None:
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
