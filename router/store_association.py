@@ -12,7 +12,8 @@ as P-DATA PDUs and read one response. That is all this module does, on a
 blocking socket with a timeout, in the thread that asks for the send.
 
 pynetdicom still encodes and decodes the association negotiation (its PDU
-classes), and pydicom the command sets; this module frames them. The data set is
+classes); command sets are built and read by router/command_set.py; this module
+frames them. The data set is
 read from the spool file in the transfer syntax it was stored in and sent as it
 is, never decoded.
 
@@ -33,9 +34,8 @@ from dataclasses import dataclass
 from io import BufferedIOBase, BytesIO
 from pathlib import Path
 
-from pydicom.dataset import Dataset
 from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
-from pynetdicom.dsutils import decode, encode, split_dataset
+from pynetdicom.dsutils import split_dataset
 from pynetdicom.pdu import A_ASSOCIATE_AC, A_ASSOCIATE_RJ, A_ASSOCIATE_RQ
 from pynetdicom.pdu_primitives import (
     A_ASSOCIATE,
@@ -44,6 +44,8 @@ from pynetdicom.pdu_primitives import (
     MaximumLengthNotification,
 )
 from pynetdicom.presentation import PresentationContext
+
+from router import command_set
 
 APPLICATION_CONTEXT = "1.2.840.10008.3.1.1.1"
 
@@ -67,12 +69,8 @@ RELEASE_WAIT_S = 5.0
 
 _HEADER = struct.Struct(">BBL")
 _PDATA_HEADER = struct.Struct(">BBLLBB")  # PDU type, reserved, PDU length, PDV length, ctx, flags
-_GROUP_LENGTH = struct.Struct("<HHLL")  # (0000,0000) UL, implicit VR little endian
 
 DEFLATED = "1.2.840.10008.1.2.1.99"
-C_STORE_RQ = 0x0001
-C_STORE_RSP = 0x8001
-NO_DATA_SET = 0x0101
 
 
 class AssociationError(Exception):
@@ -148,21 +146,6 @@ def _rejection(raw: bytes) -> AssociationError:
         rejected=True,
         permanent=result == 0x01,
     )
-
-
-def _command_set(message_id: int, sop_class: str, sop_instance: str) -> bytes:
-    """A C-STORE-RQ command set, implicit VR little endian (PS3.7 9.3.1.1)."""
-    command = Dataset()
-    command.AffectedSOPClassUID = sop_class
-    command.CommandField = C_STORE_RQ
-    command.MessageID = message_id
-    command.Priority = 0  # medium
-    command.CommandDataSetType = 0x0000  # a data set follows
-    command.AffectedSOPInstanceUID = sop_instance
-    body = encode(command, True, True)
-    if body is None:
-        raise AssociationError("cannot encode the C-STORE request")
-    return _GROUP_LENGTH.pack(0x0000, 0x0000, 4, len(body)) + body
 
 
 class StoreAssociation:
@@ -278,7 +261,7 @@ class StoreAssociation:
         file_meta, offset = split_dataset(path)
         self._message_id = self._message_id % 0xFFFF + 1
         message_id = self._message_id
-        command = _command_set(
+        command = command_set.c_store_rq(
             message_id,
             str(file_meta.MediaStorageSOPClassUID),
             str(file_meta.MediaStorageSOPInstanceUID),
@@ -361,15 +344,17 @@ class StoreAssociation:
                     return self._status(b"".join(fragments), message_id)
 
     @staticmethod
-    def _status(command_bytes: bytes, message_id: int) -> int:
+    def _status(command: bytes, message_id: int) -> int:
         try:
-            command = decode(BytesIO(command_bytes), True, True)
-            field = int(command.CommandField)
-            responded_to = int(command.MessageIDBeingRespondedTo)
-            status = int(command.Status)
-        except Exception as exc:  # pydicom raises many kinds on broken input
+            elements = command_set.read_elements(command)
+            field = command_set.unsigned_short(elements, command_set.COMMAND_FIELD)
+            responded_to = command_set.unsigned_short(
+                elements, command_set.MESSAGE_ID_BEING_RESPONDED_TO
+            )
+            status = command_set.unsigned_short(elements, command_set.STATUS)
+        except command_set.CommandSetError as exc:
             raise AssociationError(f"unreadable C-STORE response ({exc})") from exc
-        if field != C_STORE_RSP or responded_to != message_id:
+        if field != command_set.C_STORE_RSP or responded_to != message_id:
             raise AssociationError(
                 f"unexpected response (command 0x{field:04X} to message {responded_to})"
             )
