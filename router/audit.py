@@ -21,7 +21,7 @@ import json
 import os
 import socket
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -213,9 +213,18 @@ class AuditLog:
 
         Raises OSError if the trail cannot be written; the DICOM message never raises.
         """
-        record = audit_record(event, **fields)
-        line = json.dumps(record, separators=(",", ":"), default=str)
-        data = (line + "\n").encode("utf-8")
+        self.emit_many([(event, fields)])
+
+    def emit_many(self, events: Sequence[tuple[str, Mapping[str, Any]]]) -> None:
+        """Write several events with one lock and one write (several deliveries of
+        one instance), then queue their DICOM messages. Raises as ``emit``."""
+        records = [audit_record(event, **fields) for event, fields in events]
+        if not records:
+            return
+        data = b"".join(
+            (json.dumps(record, separators=(",", ":"), default=str) + "\n").encode("utf-8")
+            for record in records
+        )
         with self._lock:
             fd = self._open()
             assert self._lock_fd is not None
@@ -229,7 +238,8 @@ class AuditLog:
             finally:
                 fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
         if self.dicom is not None:
-            self.dicom.submit(record)
+            for record in records:
+                self.dicom.submit(record)
 
     def application(self, started: bool) -> None:
         """Application Start/Stop as a DICOM audit message (there is no JSON event)."""

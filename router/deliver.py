@@ -13,7 +13,9 @@ import hashlib
 import os
 import random
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,9 +40,25 @@ def backoff_delay(attempt: int, initial: float, maximum: float) -> float:
     return random.uniform(0, ceiling)
 
 
-def _record_delivery(rt: Runtime, key: str, destination: str, sop_uid: str, digest: str) -> None:
-    """Record the delivery; after the last destination, release the original and its copies."""
-    derived = rt.deliveries.delivered(key, destination, sop_uid, digest)
+@dataclass(frozen=True)
+class Sent:
+    """A destination that has the instance, with its bookkeeping still to do."""
+
+    destination: str
+    sop_uid: str
+    digest: str
+    forwarded: dict[str, Any] | None
+    """Fields of the ``forwarded`` audit event; None when it was delivered before."""
+
+
+def book(rt: Runtime, key: str, sent: Sequence[Sent]) -> None:
+    """Audit and record deliveries of one instance together (one write, one round trip);
+    after the last destination, release the original and its copies."""
+    if not sent:
+        return
+    rt.audit.emit_many([("forwarded", s.forwarded) for s in sent if s.forwarded is not None])
+    records = [(s.destination, s.sop_uid, s.digest) for s in sent]
+    derived = rt.deliveries.delivered_many(key, records)
     if derived is not None:
         release_instance(rt.deliveries, rt.spool, key, rt.cfg.spool.retention_hours, derived)
 
@@ -84,8 +102,25 @@ def deliver(
     digests: dict[str, str] | None = None,
     new: bool = False,
 ) -> None:
-    """One delivery attempt and its bookkeeping (from a forward task or from route).
+    """One delivery attempt and all of its bookkeeping (a forward task)."""
+    sent = try_delivery(rt, key, destination, meta, attempt, digests, new)
+    if sent is not None:
+        book(rt, key, [sent])
 
+
+def try_delivery(
+    rt: Runtime,
+    key: str,
+    destination: str,
+    meta: dict[str, Any],
+    attempt: int = 1,
+    digests: dict[str, str] | None = None,
+    new: bool = False,
+) -> Sent | None:
+    """One delivery attempt; a failure's bookkeeping is done here, a success's is returned.
+
+    The caller passes what is returned to ``book``: the route task, sending one
+    instance to several destinations at once, books them all in one go.
     ``digests`` holds content hashes by spool key already computed by the caller
     (route hashes each file once, however many destinations get it). ``new``: the
     caller has just found no delivery record for this content and destination.
@@ -107,15 +142,14 @@ def deliver(
         reason = "destination no longer configured" if dest_cfg is None else "spool file missing"
         log.error("forward: cannot deliver", spool_key=key, destination=destination, reason=reason)
         rt.audit.emit("forward_failed", status=reason, **audit_fields)
-        return
+        return None
     if rt.audit.dicom is not None:  # DICOM audit messages name the patient (PS3.15 A.5.3)
         audit_fields["patient_id"] = _patient_id(path)
     digest = (digests or {}).get(meta.get("send_key") or key) or digest_of(path)
     if not new and rt.deliveries.already_delivered(destination, sop_uid, digest):
         log.info("forward: already delivered, not sending again", spool_key=key,
                  destination=destination, sop_instance_uid=sop_uid)  # fmt: skip
-        _record_delivery(rt, key, destination, sop_uid, digest)
-        return
+        return Sent(destination, sop_uid, digest, None)
     blocked = rt.circuits.blocked_for(destination, probe_timeout_s=2 * dest_cfg.timeout + 10)
     sent_bytes = None
     if blocked > 0:
@@ -129,7 +163,7 @@ def deliver(
         )  # fmt: skip
         if attempted is None:  # other workers hold every slot: wait a moment, not an attempt
             _schedule(rt, key, destination, meta, attempt, random.uniform(0.2, 1.0))
-            return
+            return None
         outcome, status_text = attempted.outcome, attempted.status_text
         sent_bytes = attempted.sent_bytes
         audit_fields["transfer_syntax"] = attempted.sent_as
@@ -142,11 +176,9 @@ def deliver(
         received_at = meta.get("received_at")
         if isinstance(received_at, int | float):
             metrics.end_to_end_seconds.labels(destination).observe(time.time() - received_at)
-        rt.audit.emit("forwarded", status=status_text, **audit_fields)
-        _record_delivery(rt, key, destination, sop_uid, digest)
         log.debug("forwarded", spool_key=key, destination=destination, sop_instance_uid=sop_uid,
                  status=status_text, attempt=attempt)  # fmt: skip
-        return
+        return Sent(destination, sop_uid, digest, {"status": status_text, **audit_fields})
     rt.audit.emit("forward_failed", status=status_text, **audit_fields)
     retry = dest_cfg.retry
     if outcome == Outcome.RETRY and attempt < retry.max_attempts:
@@ -155,9 +187,10 @@ def deliver(
                     sop_instance_uid=sop_uid, status=status_text, attempt=attempt,
                     retry_in_s=round(delay, 2))  # fmt: skip
         _schedule(rt, key, destination, meta, attempt + 1, delay)
-        return
+        return None
     reason = "permanent failure" if outcome == Outcome.FAILED else "retries exhausted"
     _give_up(rt, key, destination, meta, reason, status_text, attempt, audit_fields)
+    return None
 
 
 def _schedule(

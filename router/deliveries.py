@@ -118,26 +118,34 @@ class Deliveries:
     def delivered(
         self, spool_key: str, destination: str, sop_instance_uid: str, digest: str
     ) -> list[str] | None:
-        """Record a delivery.
+        """Record one delivery; see ``delivered_many``."""
+        return self.delivered_many(spool_key, [(destination, sop_instance_uid, digest)])
+
+    def delivered_many(
+        self, spool_key: str, deliveries: Sequence[tuple[str, str, str]]
+    ) -> list[str] | None:
+        """Record deliveries of one instance: (destination, SOP Instance UID, digest) each.
 
         Returns None while other destinations still wait for the instance; after the
         last one, the instance's changed copies (usually none), which the caller
-        releases with it (``release_instance``). The copies are read in the same
-        transaction, so the common case costs one round trip.
+        releases with it (``release_instance``). One transaction, one round trip,
+        however many destinations: a route task that sent to three records all three
+        at once.
         """
         pipe = self.redis.pipeline(transaction=True)
         now = time.time()
-        pipe.set(delivered_key(destination, sop_instance_uid, digest), "1", ex=DELIVERED_TTL_S)
-        pipe.hdel(pending_key(spool_key), destination)
+        for destination, sop_instance_uid, digest in deliveries:
+            pipe.set(delivered_key(destination, sop_instance_uid, digest), "1", ex=DELIVERED_TTL_S)
+            pipe.hdel(pending_key(spool_key), destination)
+            pipe.hdel(task_key(spool_key), destination)
+            # For "delivered in the last hour" in `dicom-router status`.
+            log_key = delivered_log_key(destination)
+            pipe.zadd(log_key, {f"{spool_key}:{now}": now})
+            pipe.zremrangebyscore(log_key, "-inf", now - 3600)
         pipe.hlen(pending_key(spool_key))
-        pipe.hdel(task_key(spool_key), destination)
-        # For "delivered in the last hour" in `dicom-router status`.
-        log_key = delivered_log_key(destination)
-        pipe.zadd(log_key, {f"{spool_key}:{now}": now})
-        pipe.zremrangebyscore(log_key, "-inf", now - 3600)
         pipe.smembers(derived_key(spool_key))
         results = pipe.execute()
-        if int(results[2]) != 0:
+        if int(results[-2]) != 0:
             return None
         derived: set[bytes] = results[-1]
         if derived:

@@ -6,8 +6,8 @@ instance right away from the route task; every other destination (not contacted
 yet, idle, failing, circuit open) gets a ``forward`` task, queued before the
 direct sends start, so a destination that is down delays only its own deliveries.
 ``forward`` sends the spooled file to one destination; retries, alternates and
-dead letters always go through it. Both deliver through ``deliver`` and record the
-same outcome. Tasks receive spool keys and a few UIDs, never pixel data.
+dead letters always go through it. Both deliver through ``try_delivery`` and
+``book`` (router/deliver.py) and record the same outcome. Tasks receive spool keys and a few UIDs, never pixel data.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 
 from router import metrics
-from router.deliver import deliver, digest_of, sender_threads
+from router.deliver import Sent, book, deliver, digest_of, sender_threads, try_delivery
 from router.logs import get_logger
 from router.queue import FORWARD_TASK, ROUTE_TASK, app, enqueue_forward
 from router.rules import InstanceView, RulesetError, decide
@@ -153,22 +153,15 @@ def _route(rt: Runtime, key: str, meta: dict[str, Any]) -> None:
                for dest, m in inline],
     )  # fmt: skip
     direct = {dest for dest, _meta in inline}
+    routed = [
+        ("routed", {"rule": forward_meta["rule"], "destination": destination, **common})
+        for destination, forward_meta in tasks.items()
+    ]
+    rt.audit.emit_many(routed)
     for destination, forward_meta in tasks.items():
-        rt.audit.emit("routed", rule=forward_meta["rule"], destination=destination, **common)
         if destination not in direct:
             enqueue_forward(key, destination, forward_meta)
-    if len(inline) == 1:
-        dest, forward_meta = inline[0]
-        deliver(rt, key, dest, forward_meta, digests=digests, new=dest not in sent_before)
-    elif inline:  # one thread per destination: each waits for its own peer
-        sends = [
-            sender_threads().submit(
-                deliver, rt, key, dest, forward_meta, 1, digests, dest not in sent_before
-            )
-            for dest, forward_meta in inline
-        ]
-        for send in sends:
-            send.result()
+    _send_inline(rt, key, inline, digests, sent_before)
     log.debug(
         "routed",
         spool_key=key,
@@ -176,6 +169,44 @@ def _route(rt: Runtime, key: str, meta: dict[str, Any]) -> None:
         rules=list(decision.matched_rules),
         destinations=list(decision.destinations),
     )
+
+
+def _send_inline(
+    rt: Runtime,
+    key: str,
+    inline: list[tuple[str, dict[str, Any]]],
+    digests: dict[str, str],
+    sent_before: set[str],
+) -> None:
+    """Send to the destinations this process talks to, in parallel, then book them together.
+
+    A send that raised (Redis lost mid-way) does not keep the others from being
+    booked; the first error is raised after, for the task to be handed back.
+    """
+    if len(inline) == 1:
+        dest, forward_meta = inline[0]
+        sent = try_delivery(rt, key, dest, forward_meta, 1, digests, dest not in sent_before)
+        book(rt, key, [sent] if sent is not None else [])
+        return
+    sends = [  # one thread per destination: each waits for its own peer
+        sender_threads().submit(
+            try_delivery, rt, key, dest, forward_meta, 1, digests, dest not in sent_before
+        )
+        for dest, forward_meta in inline
+    ]
+    done: list[Sent] = []
+    error: BaseException | None = None
+    for send in sends:
+        try:
+            result = send.result()
+        except Exception as exc:
+            error = error or exc
+            continue
+        if result is not None:
+            done.append(result)
+    book(rt, key, done)
+    if error is not None:
+        raise error
 
 
 def _outputs(

@@ -53,6 +53,25 @@ def test_the_last_delivery_hands_back_the_changed_copies(redis_server: RedisServ
     assert deliveries.delivered("k2", "pacs", "1.2.4", "d") == []  # last, no copies
 
 
+def test_deliveries_to_several_destinations_are_recorded_together(
+    redis_server: RedisServer,
+) -> None:
+    client = redis_server.client()
+    deliveries = Deliveries(client)
+    deliveries.expect("k1", ["pacs", "archive", "research"])
+    deliveries.add_derived("k1", "copy-a")
+
+    assert (
+        deliveries.delivered_many("k1", [("pacs", "1.2.3", "d"), ("archive", "1.2.3", "d")]) is None
+    )
+    assert set(client.hgetall(pending_key("k1"))) == {b"research"}
+    assert deliveries.already_delivered("pacs", "1.2.3", "d")
+    assert deliveries.already_delivered("archive", "1.2.3", "d")
+    assert not deliveries.already_delivered("research", "1.2.3", "d")
+    assert deliveries.delivered_many("k1", [("research", "1.2.3", "d")]) == ["copy-a"]
+    assert not client.exists(pending_key("k1"))
+
+
 def test_a_circuit_opened_elsewhere_applies_within_the_recheck_interval(
     redis_server: RedisServer,
 ) -> None:

@@ -106,6 +106,22 @@ def test_emit_writes_one_json_line_per_event(tmp_path: Path) -> None:
     assert all(set(r) >= CONTRACT for r in records)
 
 
+def test_emit_many_writes_every_event_in_order_or_none(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    log = AuditLog(path)
+    log.emit_many([("forwarded", {"destination": d, "sop_instance_uid": "1.2.3"})
+                   for d in ("pacs", "archive", "research")])  # fmt: skip
+    log.emit_many([])
+    with pytest.raises(ValueError):  # one unknown event: nothing of the batch is written
+        log.emit_many([("forwarded", {"destination": "pacs"}), ("bogus", {})])
+    log.close()
+    records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    assert [(r["event"], r["destination"]) for r in records] == [
+        ("forwarded", "pacs"), ("forwarded", "archive"), ("forwarded", "research")
+    ]  # fmt: skip
+    assert all(set(r) >= CONTRACT and r["sop_instance_uid"] == "1.2.3" for r in records)
+
+
 def test_emit_appends_to_existing_trail(tmp_path: Path) -> None:
     path = tmp_path / "audit.jsonl"
     path.write_text('{"event":"old"}\n', encoding="utf-8")
