@@ -73,6 +73,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from router.service import (
         AUDIT_FLUSH_TIMEOUT_S,
         PARENT_ENV,
+        check_destination_tls,
         die_with_parent,
         start_audit_sender,
         start_retry_pump,
@@ -82,6 +83,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     embedded = PARENT_ENV in os.environ
     die_with_parent()
     try:
+        check_destination_tls(cfg)
         audit_sender = None if embedded else start_audit_sender(cfg)
     except ConfigError as exc:
         print(f"dicom-router: {exc}", file=sys.stderr)
@@ -116,7 +118,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_echo(args: argparse.Namespace) -> int:
-    from router.scu import Peer, echo
+    from router.scu import Peer, destination_peer, echo
 
     target: str = args.target
     match = _TARGET.match(target)
@@ -137,7 +139,12 @@ def cmd_echo(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return EXIT_USAGE
-        peer = Peer(dest.ae_title, dest.host, dest.port, timeout=args.timeout)
+        try:
+            peer = destination_peer(dest, timeout=args.timeout)
+        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+            print(f"dicom-router echo: {target}: cannot load the TLS files: {exc}",
+                  file=sys.stderr)  # fmt: skip
+            return EXIT_PROBLEMS
     ok, message = echo(calling, peer)
     print(message, file=sys.stdout if ok else sys.stderr)
     return EXIT_OK if ok else EXIT_PROBLEMS

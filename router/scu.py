@@ -15,6 +15,7 @@ pynetdicom's own association.
 from __future__ import annotations
 
 import socket
+import ssl
 import threading
 import time
 from collections import OrderedDict
@@ -27,8 +28,10 @@ from pynetdicom import AE, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from router import metrics
+from router.config import DestinationConfig
 from router.slots import AssociationSlots
 from router.store_association import AssociationError, StoreAssociation
+from router.tls import shared_client_context
 
 MAX_CONTEXTS = 120
 # A pynetdicom destination polls every open association (two threads waking about
@@ -57,6 +60,17 @@ class Peer:
     timeout: float = 30.0
     max_associations: int = 0
     """Across all workers; 0 = no shared limit."""
+    tls: ssl.SSLContext | None = None
+    """DICOM TLS (PS3.15 B.1): the context the connection is wrapped in; None = plain."""
+
+
+def destination_peer(dest: DestinationConfig, timeout: float | None = None) -> Peer:
+    """The Peer of a configured destination (``timeout``: instead of the configured one)."""
+    tls = dest.tls
+    context = shared_client_context(tls.ca, tls.cert, tls.key) if tls is not None else None
+    return Peer(dest.ae_title, dest.host, dest.port,
+                dest.timeout if timeout is None else timeout, dest.max_associations,
+                context)  # fmt: skip
 
 
 def set_nodelay(event: Any) -> None:
@@ -88,8 +102,9 @@ def echo(calling_ae: str, peer: Peer) -> tuple[bool, str]:
         socket.create_connection((peer.host, peer.port), timeout=min(peer.timeout, 10.0)).close()
     except OSError as exc:
         return False, f"{where}: cannot connect ({exc.strerror or exc})"
-    assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title, evt_handlers=[
-        (evt.EVT_CONN_OPEN, set_nodelay)])  # fmt: skip
+    tls_args = (peer.tls, peer.host) if peer.tls is not None else None
+    assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title, tls_args=tls_args,
+                         evt_handlers=[(evt.EVT_CONN_OPEN, set_nodelay)])  # fmt: skip
     if not assoc.is_established:
         if assoc.is_rejected:
             return False, f"{where}: association rejected by the peer"
@@ -213,10 +228,10 @@ class AssociationPool:
         try:
             assoc = StoreAssociation.open(
                 peer.host, peer.port, self.calling_ae, peer.ae_title, list(wanted),
-                timeout=peer.timeout, connect_timeout=min(peer.timeout, 10.0),
+                timeout=peer.timeout, connect_timeout=min(peer.timeout, 10.0), tls=peer.tls,
             )  # fmt: skip
         except AssociationError as exc:
-            if exc.rejected:
+            if exc.rejected or exc.permanent:
                 raise DeliveryError(exc.reason, transient=not exc.permanent) from exc
             raise DeliveryError(f"cannot connect to the destination: {exc.reason}") from exc
         if not assoc.accepted:

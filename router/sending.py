@@ -23,7 +23,7 @@ from router import metrics
 from router.circuit import Circuits
 from router.config import DestinationConfig
 from router.outbound_syntax import plan_syntaxes
-from router.scu import AssociationPool, DeliveryError, Peer, PrepareError
+from router.scu import AssociationPool, DeliveryError, PrepareError, destination_peer
 from router.status import Outcome, classify, describe
 from router.transcode import ConversionError, convert_file, syntax_name
 
@@ -60,7 +60,10 @@ class Attempt:
 def send_once(ctx: SendContext, name: str, path: Path, meta: dict[str, Any]) -> Attempt | None:
     """One attempt to deliver ``path`` to destination ``name``; None when no slot is free."""
     dest = ctx.destination
-    peer = Peer(dest.ae_title, dest.host, dest.port, dest.timeout, dest.max_associations)
+    try:
+        peer = destination_peer(dest)
+    except (OSError, ValueError) as exc:  # checked at start-up; changed on disk since
+        return Attempt(Outcome.FAILED, f"cannot load the TLS files: {exc}")
     file_meta = read_file_meta_info(path)
     stored = str(file_meta.TransferSyntaxUID)
     sop_class = str(file_meta.MediaStorageSOPClassUID)

@@ -50,6 +50,7 @@ from router.scp import StorageSCP
 from router.spool import Spool
 from router.stalled import requeue_stalled
 from router.syslog_out import SyslogQueue, SyslogSender, TlsTransport, Transport, UdpTransport
+from router.tls import client_context, shared_client_context
 
 log = get_logger(__name__)
 
@@ -154,18 +155,20 @@ def start_stalled_sweeper(cfg: RouterConfig) -> threading.Event:
 def tls_context(
     ca_file: Path | None, cert_file: Path | None, key_file: Path | None, verify: bool
 ) -> ssl.SSLContext:
-    """Client context for the audit collector: TLS 1.2 or later, the collector checked
-    against ``ca_file`` (or the system's CAs), a client certificate for mutual TLS."""
-    context = ssl.create_default_context(
-        ssl.Purpose.SERVER_AUTH, cafile=str(ca_file) if ca_file else None
-    )
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    if not verify:
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    if cert_file is not None:
-        context.load_cert_chain(str(cert_file), str(key_file) if key_file else None)
-    return context
+    """Client context for the audit collector (router/tls.py's policy)."""
+    return client_context(ca_file, cert_file, key_file, verify)
+
+
+def check_destination_tls(cfg: RouterConfig) -> None:
+    """Load every destination's TLS files now: a file that cannot be loaded stops
+    start-up (ConfigError naming the key) instead of failing each delivery later."""
+    for name, dest in cfg.destinations.items():
+        if dest.tls is None:
+            continue
+        try:
+            shared_client_context(dest.tls.ca, dest.tls.cert, dest.tls.key)
+        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+            raise ConfigError(f"destinations.{name}.tls: cannot load the TLS files: {exc}") from exc
 
 
 def start_audit_sender(cfg: RouterConfig) -> SyslogSender | None:
@@ -250,6 +253,7 @@ def serve(cfg: RouterConfig, config_path: Path, workers: int) -> int:
     spool.ensure()
     audit = audit_log_from_config(cfg)
     try:
+        check_destination_tls(cfg)
         audit_sender = start_audit_sender(cfg)
     except ConfigError as exc:
         log.error("cannot start", error=str(exc))

@@ -28,6 +28,7 @@ import contextlib
 import os
 import select
 import socket
+import ssl
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -116,6 +117,24 @@ def _read_pdu(sock: socket.socket) -> tuple[int, bytes]:
     return pdu_type, header + _recv_exactly(sock, length)
 
 
+def _only_tls_housekeeping(sock: socket.socket) -> bool:
+    """True if what made a TLS socket readable carried no data (a TLS 1.3 session
+    ticket, say); False for data, a closed connection, or a plain socket."""
+    if not isinstance(sock, ssl.SSLSocket):
+        return False
+    timeout = sock.gettimeout()
+    try:
+        sock.setblocking(False)
+        sock.recv(1)  # data, or b"" for a closed connection: either way not housekeeping
+        return False
+    except ssl.SSLWantReadError:
+        return True
+    except OSError:
+        return False
+    finally:
+        sock.settimeout(timeout)
+
+
 def _request_pdu(calling_ae: str, called_ae: str, contexts: Sequence[PresentationContext]) -> bytes:
     primitive = A_ASSOCIATE()
     primitive.application_context_name = APPLICATION_CONTEXT
@@ -148,6 +167,25 @@ def _rejection(raw: bytes) -> AssociationError:
     )
 
 
+def _tls_handshake(sock: socket.socket, tls: ssl.SSLContext, host: str) -> ssl.SSLSocket:
+    """Wrap ``sock`` and shake hands (within the connect timeout); says why it failed.
+
+    A certificate the router cannot verify is a permanent failure: trying again
+    will not change it until the configuration or the certificate does.
+    """
+    try:
+        return tls.wrap_socket(sock, server_hostname=host)
+    except ssl.SSLCertVerificationError as exc:
+        sock.close()
+        raise AssociationError(
+            f"TLS: the destination's certificate was not accepted ({exc.verify_message})",
+            permanent=True,
+        ) from exc
+    except (ssl.SSLError, OSError) as exc:
+        sock.close()
+        raise AssociationError(f"TLS handshake failed ({exc})") from exc
+
+
 class StoreAssociation:
     """An established association to one destination; see the module docstring."""
 
@@ -176,8 +214,10 @@ class StoreAssociation:
         proposals: Sequence[tuple[str, str]],
         timeout: float,
         connect_timeout: float,
+        tls: ssl.SSLContext | None = None,
     ) -> StoreAssociation:
-        """Connect and negotiate one presentation context per (SOP class, syntax)."""
+        """Connect (over TLS if ``tls``) and negotiate one presentation context per
+        (SOP class, syntax)."""
         if not 0 < len(proposals) <= 128:
             raise ValueError("between 1 and 128 presentation contexts can be proposed")
         proposed: dict[int, tuple[str, str]] = {}
@@ -195,6 +235,8 @@ class StoreAssociation:
             raise AssociationError(f"cannot connect ({exc.strerror or exc})") from exc
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if tls is not None:
+                sock = _tls_handshake(sock, tls, host)
             sock.settimeout(timeout)
             sock.sendall(_request_pdu(calling_ae, called_ae, contexts))
             pdu_type, raw = _read_pdu(sock)
@@ -244,7 +286,7 @@ class StoreAssociation:
             readable, _, _ = select.select([sock], [], [], 0)
         except (OSError, ValueError):
             readable = [sock]
-        if readable:
+        if readable and not _only_tls_housekeeping(sock):
             self.abort()
             return False
         return True

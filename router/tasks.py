@@ -7,7 +7,8 @@ yet, idle, failing, circuit open) gets a ``forward`` task, queued before the
 direct sends start, so a destination that is down delays only its own deliveries.
 ``forward`` sends the spooled file to one destination; retries, alternates and
 dead letters always go through it. Both deliver through ``try_delivery`` and
-``book`` (router/deliver.py) and record the same outcome. Tasks receive spool keys and a few UIDs, never pixel data.
+``book`` (router/deliver.py) and record the same outcome. Tasks receive spool keys
+and a few UIDs, never pixel data.
 """
 
 from __future__ import annotations
