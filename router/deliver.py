@@ -93,17 +93,9 @@ def sender_threads() -> ThreadPoolExecutor:
 SENDER_THREADS = 8
 
 
-def deliver(
-    rt: Runtime,
-    key: str,
-    destination: str,
-    meta: dict[str, Any],
-    attempt: int = 1,
-    digests: dict[str, str] | None = None,
-    new: bool = False,
-) -> None:
+def deliver(rt: Runtime, key: str, destination: str, meta: dict[str, Any], attempt: int) -> None:
     """One delivery attempt and all of its bookkeeping (a forward task)."""
-    sent = try_delivery(rt, key, destination, meta, attempt, digests, new)
+    sent = try_delivery(rt, key, destination, meta, attempt)
     if sent is not None:
         book(rt, key, [sent])
 

@@ -65,6 +65,9 @@ MAX_RECEIVED_PDU = 1024 * 1024
 """Longest PDU accepted from a destination: what it sends back (an association
 answer, a C-STORE response) is small; a longer announcement is a broken peer."""
 
+_MIN_ASSOCIATE_AC = 6 + 68
+"""Header plus fixed fields of an A-ASSOCIATE-AC (PS3.8 9.3.3)."""
+
 RELEASE_WAIT_S = 5.0
 """How long a release waits for the peer's answer before just closing."""
 
@@ -153,10 +156,24 @@ def _request_pdu(calling_ae: str, called_ae: str, contexts: Sequence[Presentatio
     return pdu.encode()
 
 
+def _acceptance(raw: bytes) -> A_ASSOCIATE:
+    if len(raw) < _MIN_ASSOCIATE_AC:
+        raise AssociationError(f"unreadable association answer ({len(raw)} bytes)")
+    try:
+        pdu = A_ASSOCIATE_AC()
+        pdu.decode(raw)
+        return pdu.to_primitive()
+    except Exception as exc:  # a broken peer: pynetdicom's decoders raise many kinds
+        raise AssociationError(f"unreadable association answer ({exc!r})") from exc
+
+
 def _rejection(raw: bytes) -> AssociationError:
-    pdu = A_ASSOCIATE_RJ()
-    pdu.decode(raw)
-    primitive = pdu.to_primitive()
+    try:
+        pdu = A_ASSOCIATE_RJ()
+        pdu.decode(raw)
+        primitive = pdu.to_primitive()
+    except Exception as exc:
+        return AssociationError(f"association rejected, unreadably ({exc!r})", rejected=True)
     result = primitive.result
     kind = "permanently" if result == 0x01 else "transiently"
     return AssociationError(
@@ -246,9 +263,7 @@ class StoreAssociation:
                 raise AssociationError("the destination aborted the association request")
             if pdu_type != ASSOCIATE_AC:
                 raise AssociationError(f"unexpected PDU type 0x{pdu_type:02X} in answer")
-            answer = A_ASSOCIATE_AC()
-            answer.decode(raw)
-            primitive = answer.to_primitive()
+            primitive = _acceptance(raw)
         except (AssociationError, OSError) as exc:
             sock.close()
             if isinstance(exc, AssociationError):

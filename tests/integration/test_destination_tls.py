@@ -3,7 +3,6 @@ TLS and a client certificate required: sends, reuse, echo, and the refusals."""
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 import time
@@ -19,8 +18,7 @@ from router.service import check_destination_tls
 from router.store_association import AssociationError, StoreAssociation
 from router.tls import client_context
 from tests.support.compare import dataset_differences
-from tests.support.dcmtk import dcmtk_env, storescu
-from tests.support.ports import free_port, wait_for_port
+from tests.support.dcmtk import storescp, storescu
 from tests.support.router_proc import RedisServer, start_router, write_config
 from tests.support.synthetic import write_ct_series
 from tests.support.syslog_receiver import TlsFiles, make_tls_files
@@ -41,19 +39,10 @@ def tls_storescp(tmp_path: Path, tls_files: TlsFiles) -> Iterator[tuple[int, Pat
     """storescp speaking only TLS, requiring a client certificate from our CA."""
     out = tmp_path / "received"
     out.mkdir()
-    port = free_port()
-    proc = subprocess.Popen(
-        [shutil.which("storescp") or "storescp", "-aet", "SECURE", "+tls",
-         str(tls_files.server_key), str(tls_files.server_cert), "-pw",
-         "+cf", str(tls_files.ca), "-rc", "-od", str(out), str(port)],
-        env=dcmtk_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-        wait_for_port("127.0.0.1", port)
+    tls = ["+tls", str(tls_files.server_key), str(tls_files.server_cert), "-pw",
+           "+cf", str(tls_files.ca), "-rc"]  # fmt: skip
+    with storescp(out, ae_title="SECURE", options=tls) as port:
         yield port, out
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 def _peer(port: int, files: TlsFiles, with_client_cert: bool = True) -> Peer:

@@ -3,9 +3,7 @@ peers: dcmtk's storescp, and pynetdicom SCPs that accept, refuse, stall or drop.
 
 from __future__ import annotations
 
-import shutil
 import socket
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -21,8 +19,8 @@ from router.scu import AssociationPool, DeliveryError, Peer
 from router.store_association import AssociationError, StoreAssociation
 from tests.support.capture_scp import CaptureSCP
 from tests.support.compare import dataset_differences
-from tests.support.dcmtk import dcmtk_env
-from tests.support.ports import free_port, wait_for_port
+from tests.support.dcmtk import storescp as run_storescp
+from tests.support.ports import free_port
 from tests.support.synthetic import pydicom_test_files, write_ct_series
 
 pytestmark = pytest.mark.integration
@@ -47,18 +45,8 @@ def storescp(tmp_path: Path) -> Iterator[tuple[int, Path]]:
     """dcmtk's storescp accepting every transfer syntax, writing into a folder."""
     out = tmp_path / "storescp"
     out.mkdir()
-    port = free_port()
-    proc = subprocess.Popen(
-        [shutil.which("storescp") or "storescp", "-aet", "STORESCP", "+xa", "-od", str(out),
-         "--sort-on-study-uid", "st", str(port)],
-        env=dcmtk_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        wait_for_port("127.0.0.1", port)
+    with run_storescp(out, options=["+xa"]) as port:
         yield port, out
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 def test_instances_in_several_syntaxes_reach_storescp_unchanged_on_one_association(
@@ -197,4 +185,37 @@ def test_rejections_and_refusals_say_why() -> None:
         closed.bind(("127.0.0.1", 0))
         port = closed.getsockname()[1]
     with pytest.raises(AssociationError, match="cannot connect"):
+        StoreAssociation.open("127.0.0.1", port, "ROUTER", "PEER", [(CT, EXPLICIT_LE)], 5, 5)
+
+
+def _answering_once(reply: bytes) -> int:
+    """A TCP peer that reads the association request, answers ``reply`` and closes."""
+    server = socket.create_server(("127.0.0.1", 0))
+    port = int(server.getsockname()[1])
+
+    def serve() -> None:
+        with server:
+            conn, _ = server.accept()
+            with conn:
+                conn.recv(65536)
+                conn.sendall(reply)
+
+    threading.Thread(target=serve, daemon=True).start()
+    return port
+
+
+@pytest.mark.parametrize(
+    ("reply", "reason"),
+    [
+        (b"\x02\x00\x00\x00\x00\x08garbage!", "unreadable association answer"),
+        (b"\x04\x00\x00\x00\x00\x02\x00\x00", "unexpected PDU type 0x04"),
+        (b"\x07\x00\x00\x00\x00\x04\x00\x00\x02\x00", "aborted the association request"),
+        (b"", "closed the connection"),
+    ],
+)
+def test_a_broken_answer_to_the_association_request_says_what_was_wrong(
+    reply: bytes, reason: str
+) -> None:
+    port = _answering_once(reply)
+    with pytest.raises(AssociationError, match=reason):
         StoreAssociation.open("127.0.0.1", port, "ROUTER", "PEER", [(CT, EXPLICIT_LE)], 5, 5)

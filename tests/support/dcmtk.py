@@ -199,3 +199,27 @@ def echoscu(
         str(port),
     ]
     return _run(argv, timeout)
+
+
+@contextmanager
+def storescp(
+    out_dir: Path, ae_title: str = "STORESCP", options: Sequence[str] = ()
+) -> Iterator[int]:
+    """Run DCMTK ``storescp`` on a free port for the duration of a ``with``; yields the port.
+
+    Received instances are written into ``out_dir`` (which must exist); ``options``
+    are further storescp options (``+xa`` to accept every transfer syntax, the TLS
+    ones, ...).
+    """
+    from .ports import free_port, wait_for_port
+
+    port = free_port()
+    argv = [_binary("storescp"), "-aet", ae_title, *options, "-od", str(out_dir), str(port)]
+    proc = subprocess.Popen(argv, env=dcmtk_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        wait_for_port(LOCALHOST, port)
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(10)

@@ -87,7 +87,8 @@ class RouterProcess:
     def audit_events(self, event: str | None = None) -> list[dict[str, Any]]:
         if not self.audit_path.exists():
             return []
-        lines = self.audit_path.read_text().splitlines()
+        # Only whole lines: a line being written right now has no newline yet.
+        lines = self.audit_path.read_text().split("\n")[:-1]
         records = [json.loads(line) for line in lines if line.strip()]
         return [r for r in records if event is None or r["event"] == event]
 
