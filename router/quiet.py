@@ -21,6 +21,12 @@ association sides sleep until there is something to do:
   (a queued message wakes it at once), so it loops ~40 times a second instead
   of ~1000. A release or abort from the peer is noticed within ``WAIT_S``.
 
+- Answers of an acceptor: ``quick_store_responses`` sends a C-STORE success
+  response as one P-DATA PDU whose command set router/command_set.py built;
+  pynetdicom builds each response through a primitive, a message, a pydicom
+  Dataset and its encoder, measured at about a quarter of the SCP process's CPU.
+  Any other response (a failure with an error comment, say) goes pynetdicom's way.
+
 PDUs are read in one piece (``bulk_reads``): pynetdicom's transport reads a
 PDU 4 KiB at a time, each read a system call and a bytearray extension, which for
 a 0.5 MB CT slice is about 130 calls; reading into a buffer of the announced
@@ -40,6 +46,11 @@ import ssl
 import threading
 from typing import Any
 
+from pynetdicom import evt
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.pdu_primitives import P_DATA
+
+from router import command_set
 from router.logs import get_logger
 
 log = get_logger(__name__)
@@ -133,6 +144,46 @@ def quiet_dul(assoc: Any) -> bool:
     dul._run_loop_delay = 0
     waiter.wake()  # a reactor already sleeping re-checks at once
     return True
+
+
+def quick_store_responses(assoc: Any) -> bool:
+    """Send C-STORE success responses directly (see module doc); False if not possible."""
+    dimse: Any = getattr(assoc, "dimse", None)
+    original = getattr(dimse, "send_msg", None)
+    dul = getattr(dimse, "dul", None)
+    if original is None or dul is None:
+        return False
+    if getattr(original, "_router_quick", False):
+        return True
+
+    def send_msg(primitive: Any, context_id: int) -> None:
+        command = _quick_response(primitive)
+        limit = dimse.maximum_pdu_size
+        if (command is None or (limit and len(command) + 6 > limit)
+                or assoc.get_handlers(evt.EVT_DIMSE_SENT)):  # fmt: skip
+            original(primitive, context_id)
+            return
+        pdata = P_DATA()
+        pdata.presentation_data_value_list.append((context_id, b"\x03" + command))
+        dul.send_pdu(pdata)
+
+    send_msg._router_quick = True  # type: ignore[attr-defined]
+    dimse.send_msg = send_msg
+    return True
+
+
+def _quick_response(primitive: Any) -> bytes | None:
+    """The command set of a plain C-STORE success response, or None for anything else."""
+    if not isinstance(primitive, C_STORE) or primitive.MessageIDBeingRespondedTo is None:
+        return None
+    if primitive.Status != 0x0000 or primitive.ErrorComment or primitive.OffendingElement:
+        return None
+    sop_class, sop_instance = primitive.AffectedSOPClassUID, primitive.AffectedSOPInstanceUID
+    if not sop_class or not sop_instance:
+        return None
+    return command_set.c_store_rsp(
+        primitive.MessageIDBeingRespondedTo, str(sop_class), str(sop_instance), 0x0000
+    )
 
 
 def quiet_acceptor(assoc: Any) -> bool:

@@ -265,6 +265,7 @@ class StorageSCP:
     def _on_established(event: Any) -> None:
         metrics.associations_active.labels("inbound").inc()
         quiet.quiet_acceptor(event.assoc)
+        quiet.quick_store_responses(event.assoc)
 
     def _on_requested(self, event: Any) -> None:
         requestor = event.assoc.requestor

@@ -30,6 +30,19 @@ def test_c_store_rq_is_what_pydicom_encodes(instance: str) -> None:
     assert parsed.CommandGroupLength == len(ours) - 12
 
 
+def test_c_store_rsp_is_what_pydicom_encodes() -> None:
+    ours = command_set.c_store_rsp(513, CT, "1.2.3.45", 0x0000)
+    expected = Dataset()
+    expected.CommandGroupLength = len(ours) - 12
+    expected.AffectedSOPClassUID = CT
+    expected.CommandField = 0x8001
+    expected.MessageIDBeingRespondedTo = 513
+    expected.CommandDataSetType = 0x0101
+    expected.Status = 0x0000
+    expected.AffectedSOPInstanceUID = "1.2.3.45"
+    assert ours == encode(expected, True, True)
+
+
 def test_a_pydicom_encoded_response_is_read() -> None:
     response = Dataset()
     response.CommandGroupLength = 0
