@@ -233,7 +233,7 @@ class AssociationPool:
         except AssociationError as exc:
             if exc.rejected or exc.permanent:
                 raise DeliveryError(exc.reason, transient=not exc.permanent) from exc
-            raise DeliveryError(f"cannot connect to the destination: {exc.reason}") from exc
+            raise DeliveryError(exc.reason) from exc  # says what failed, and how
         if not assoc.accepted:
             assoc.release()
             raise NoContextAcceptedError("the destination accepted no presentation context")

@@ -249,7 +249,9 @@ class StoreAssociation:
         try:
             sock = socket.create_connection((host, port), timeout=connect_timeout)
         except OSError as exc:
-            raise AssociationError(f"cannot connect ({exc.strerror or exc})") from exc
+            raise AssociationError(
+                f"cannot connect to the destination ({exc.strerror or exc})"
+            ) from exc
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if tls is not None:
