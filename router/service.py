@@ -12,7 +12,6 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
-import ssl
 import subprocess
 import sys
 import threading
@@ -152,13 +151,6 @@ def start_stalled_sweeper(cfg: RouterConfig) -> threading.Event:
     return stop
 
 
-def tls_context(
-    ca_file: Path | None, cert_file: Path | None, key_file: Path | None, verify: bool
-) -> ssl.SSLContext:
-    """Client context for the audit collector (router/tls.py's policy)."""
-    return client_context(ca_file, cert_file, key_file, verify)
-
-
 def check_destination_tls(cfg: RouterConfig) -> None:
     """Load every destination's TLS files now: a file that cannot be loaded stops
     start-up (ConfigError naming the key) instead of failing each delivery later."""
@@ -187,7 +179,8 @@ def start_audit_sender(cfg: RouterConfig) -> SyslogSender | None:
             raise ConfigError(f"audit.syslog.{key}: cannot read {path}")
     if syslog.transport == "tls":
         try:
-            context = tls_context(syslog.ca_file, syslog.cert_file, syslog.key_file, syslog.verify)
+            context = client_context(syslog.ca_file, syslog.cert_file, syslog.key_file,
+                                     syslog.verify)  # fmt: skip
         except (OSError, ValueError) as exc:
             raise ConfigError(f"audit.syslog: cannot load the TLS files: {exc}") from exc
 

@@ -31,7 +31,6 @@ import socket
 import ssl
 import struct
 from collections.abc import Sequence
-from dataclasses import dataclass
 from io import BufferedIOBase, BytesIO
 from pathlib import Path
 
@@ -87,16 +86,6 @@ class AssociationError(Exception):
         """The peer answered the association request with a rejection."""
         self.permanent = permanent
         """A rejection the peer marked permanent (PS3.8 9.3.4: result 1)."""
-
-
-@dataclass(frozen=True)
-class Context:
-    """One presentation context as negotiated."""
-
-    context_id: int
-    abstract_syntax: str
-    transfer_syntax: str
-    accepted: bool
 
 
 def _recv_exactly(sock: socket.socket, count: int) -> bytes:
@@ -206,15 +195,12 @@ def _tls_handshake(sock: socket.socket, tls: ssl.SSLContext, host: str) -> ssl.S
 class StoreAssociation:
     """An established association to one destination; see the module docstring."""
 
-    def __init__(self, sock: socket.socket, contexts: list[Context], peer_max_pdu: int) -> None:
+    def __init__(
+        self, sock: socket.socket, accepted: dict[tuple[str, str], int], peer_max_pdu: int
+    ) -> None:
         self._sock: socket.socket | None = sock
-        self.contexts = contexts
-        self.accepted = {
-            (cx.abstract_syntax, cx.transfer_syntax): cx.context_id
-            for cx in contexts
-            if cx.accepted
-        }
-        """(SOP class, transfer syntax) -> presentation context ID."""
+        self.accepted = accepted
+        """(SOP class, transfer syntax) -> presentation context ID, for each one accepted."""
         limit = peer_max_pdu if 0 < peer_max_pdu < SEND_PDU_LIMIT else SEND_PDU_LIMIT
         self.send_pdu_size = limit
         """Largest P-DATA PDU this side sends (the peer's maximum, at most 128 KiB)."""
@@ -275,20 +261,16 @@ class StoreAssociation:
         for item in primitive.user_information:
             if isinstance(item, MaximumLengthNotification):
                 peer_max = item.maximum_length_received or 0
-        negotiated = []
+        accepted = {}
         for result in primitive.presentation_context_definition_results_list:
             context_id = result.context_id
             if context_id not in proposed:
                 continue
             sop_class, syntax = proposed[context_id]
             chosen = str(result.transfer_syntax[0]) if result.transfer_syntax else syntax
-            ok = result.result == 0x00 and chosen == syntax
-            negotiated.append(Context(context_id, sop_class, syntax, ok))
-        return cls(sock, negotiated, peer_max)
-
-    @property
-    def is_open(self) -> bool:
-        return self._sock is not None
+            if result.result == 0x00 and chosen == syntax:
+                accepted[(sop_class, syntax)] = context_id
+        return cls(sock, accepted, peer_max)
 
     def usable(self) -> bool:
         """True if another request can be sent: open, and the peer has said nothing.

@@ -17,7 +17,6 @@ from pathlib import Path
 import pytest
 
 from router.config import ConfigError, load_config
-from router.service import tls_context
 from router.syslog_out import (
     BOM,
     SyslogQueue,
@@ -27,6 +26,7 @@ from router.syslog_out import (
     format_message,
     octet_frame,
 )
+from router.tls import client_context
 from tests.support.ports import free_port
 from tests.support.syslog_receiver import TlsFiles, TlsSyslogReceiver, make_tls_files
 from tests.support.waiting import wait_until
@@ -261,7 +261,7 @@ def test_tls_sender_reconnects_when_the_collector_restarts(
     files = tls_files
     port = free_port()
     queue = SyslogQueue(tmp_path / "q")
-    context = tls_context(files.ca, files.client_cert, files.client_key, verify=True)
+    context = client_context(files.ca, files.client_cert, files.client_key, verify=True)
     sender = SyslogSender(queue, lambda: TlsTransport("127.0.0.1", port, context, 5), "tls",
                           max_delay=0.5, poll_s=0.02)  # fmt: skip
     first, second = message(procid="1"), message(procid="2")
@@ -285,7 +285,7 @@ def test_tls_sender_refuses_an_unknown_collector_and_keeps_the_message(
     other = make_tls_files(tmp_path / "other")  # a collector certified by another CA
     port = free_port()
     queue = SyslogQueue(tmp_path / "q")
-    context = tls_context(other.ca, None, None, verify=True)
+    context = client_context(other.ca, None, None, verify=True)
     with TlsSyslogReceiver(port, files, require_client_cert=False) as collector:
         sender = SyslogSender(queue, lambda: TlsTransport("127.0.0.1", port, context, 5),
                               "tls").start()  # fmt: skip
