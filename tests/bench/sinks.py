@@ -4,12 +4,15 @@ By default a sink is a stock pynetdicom SCP writing what it receives to disk: th
 sink the issues describe. In a hospital the PACS runs on machines of its own; here
 the sinks share two cores with the router, so whatever a sink spends is taken from
 the router being measured. ``--lean-sinks`` therefore runs sinks that (a) let their
-associations wait for data instead of polling and read whole PDUs (the
-``router.quiet`` treatment the router's own associations get; a stock pynetdicom
-association polls about every millisecond, idle or not, and reads 4 KiB at a time),
-(b) receive each data set straight into its output file with pynetdicom's chunked
-receive (no copy in memory, no re-encoding) and (c) keep those files on tmpfs
-(``/dev/shm``) when the machine has one. All of it is ``capture_scp --lean``.
+associations wait for data instead of polling, read whole PDUs and answer a
+successful C-STORE with a directly built response (the ``router.quiet`` treatment
+the router's own SCP gets; a stock pynetdicom association polls about every
+millisecond, idle or not, reads 4 KiB at a time and encodes each response through
+pydicom), (b) do not bind pynetdicom's standard event handlers, which format every
+PDU and message for debug logging that is never shown, (c) receive each data set
+straight into its output file with pynetdicom's chunked receive (no copy in memory,
+no re-encoding) and (d) keep those files on tmpfs (``/dev/shm``) when the machine
+has one. All of it is ``capture_scp --lean``.
 """
 
 from __future__ import annotations

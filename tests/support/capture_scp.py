@@ -178,10 +178,11 @@ class _StoreWriter:
 
 def _quiet_association(event: Event) -> None:
     # Imported here: the SCP stays usable without the router's package installed.
-    from router.quiet import bulk_reads, quiet_acceptor
+    from router.quiet import bulk_reads, quick_store_responses, quiet_acceptor
 
     bulk_reads(event.assoc.dul.socket)
     quiet_acceptor(event.assoc)
+    quick_store_responses(event.assoc)
 
 
 def _receive_into_files(out_dir: Path) -> None:
@@ -253,7 +254,8 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--lean",
         action="store_true",
         help="for benchmarks: associations wait for data instead of polling, read whole "
-        "PDUs (router.quiet), and receive straight into the output files",
+        "PDUs and answer success directly (router.quiet), and receive straight into the "
+        "output files",
     )
     return parser.parse_args(argv)
 
@@ -271,6 +273,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.lean:
         _receive_into_files(out_dir)
+        # pynetdicom's standard event handlers format every PDU and DIMSE message
+        # for debug logging, which --log-level WARNING never shows.
+        _config.LOG_HANDLER_LEVEL = "none"
     writer = _StoreWriter(out_dir, args.fail_first, args.fail_sop_class, args.fail_status)
     ae = build_ae(
         ae_title=args.ae_title,
