@@ -17,11 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydicom.filereader import read_file_meta_info
-
 from router import metrics
 from router.circuit import Circuits
 from router.config import DestinationConfig
+from router.file_meta import read_file_meta
 from router.outbound_syntax import plan_syntaxes
 from router.scu import AssociationPool, DeliveryError, PrepareError, destination_peer
 from router.status import Outcome, classify, describe
@@ -64,9 +63,9 @@ def send_once(ctx: SendContext, name: str, path: Path, meta: dict[str, Any]) -> 
         peer = destination_peer(dest)
     except (OSError, ValueError) as exc:  # checked at start-up; changed on disk since
         return Attempt(Outcome.FAILED, f"cannot load the TLS files: {exc}")
-    file_meta = read_file_meta_info(path)
-    stored = str(file_meta.TransferSyntaxUID)
-    sop_class = str(file_meta.MediaStorageSOPClassUID)
+    file_meta = read_file_meta(path)
+    stored = file_meta.transfer_syntax
+    sop_class = file_meta.sop_class_uid
     allow_lossy = bool(meta.get("allow_lossy"))
     plan = plan_syntaxes(stored, meta.get("transcode"), ctx.accepts, allow_lossy)
     converted: list[Path] = []

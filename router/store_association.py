@@ -35,7 +35,6 @@ from io import BufferedIOBase, BytesIO
 from pathlib import Path
 
 from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
-from pynetdicom.dsutils import split_dataset
 from pynetdicom.pdu import A_ASSOCIATE_AC, A_ASSOCIATE_RJ, A_ASSOCIATE_RQ
 from pynetdicom.pdu_primitives import (
     A_ASSOCIATE,
@@ -46,6 +45,7 @@ from pynetdicom.pdu_primitives import (
 from pynetdicom.presentation import PresentationContext
 
 from router import command_set
+from router.file_meta import read_file_meta
 
 APPLICATION_CONTEXT = "1.2.840.10008.3.1.1.1"
 
@@ -299,13 +299,12 @@ class StoreAssociation:
         sock = self._sock
         if sock is None:
             raise AssociationError("the association is closed")
-        file_meta, offset = split_dataset(path)
+        file_meta = read_file_meta(path)
+        offset = file_meta.dataset_offset
         self._message_id = self._message_id % 0xFFFF + 1
         message_id = self._message_id
         command = command_set.c_store_rq(
-            message_id,
-            str(file_meta.MediaStorageSOPClassUID),
-            str(file_meta.MediaStorageSOPInstanceUID),
+            message_id, file_meta.sop_class_uid, file_meta.sop_instance_uid
         )
         try:
             self._send_fragments(sock, context_id, BytesIO(command), len(command), 0x01)
@@ -314,7 +313,7 @@ class StoreAssociation:
                 source.seek(offset)
                 # PS3.5 A.5: a deflated stream is padded to even length with a NUL;
                 # some writers leave it odd, and dcmtk refuses odd fragments.
-                pad = size % 2 == 1 and file_meta.TransferSyntaxUID == DEFLATED
+                pad = size % 2 == 1 and file_meta.transfer_syntax == DEFLATED
                 self._send_fragments(sock, context_id, source, size, 0x00, pad)
             return self._read_response(sock, message_id)
         except (OSError, AssociationError) as exc:
