@@ -181,22 +181,29 @@ def _send_inline(
 ) -> None:
     """Send to the destinations this process talks to, in parallel, then book them together.
 
-    A send that raised (Redis lost mid-way) does not keep the others from being
-    booked; the first error is raised after, for the task to be handed back.
+    The first destination is sent to from this thread while the others go to
+    sender threads: one thread hand-off fewer per instance. A send that raised
+    (Redis lost mid-way) does not keep the others from being booked; the first
+    error is raised after, for the task to be handed back.
     """
-    if len(inline) == 1:
-        dest, forward_meta = inline[0]
-        sent = try_delivery(rt, key, dest, forward_meta, 1, digests, dest not in sent_before)
-        book(rt, key, [sent] if sent is not None else [])
+    if not inline:
         return
-    sends = [  # one thread per destination: each waits for its own peer
+    sends = [  # one thread per further destination: each waits for its own peer
         sender_threads().submit(
             try_delivery, rt, key, dest, forward_meta, 1, digests, dest not in sent_before
         )
-        for dest, forward_meta in inline
+        for dest, forward_meta in inline[1:]
     ]
     done: list[Sent] = []
     error: BaseException | None = None
+    dest, forward_meta = inline[0]
+    try:
+        here = try_delivery(rt, key, dest, forward_meta, 1, digests, dest not in sent_before)
+    except Exception as exc:
+        error = exc
+    else:
+        if here is not None:
+            done.append(here)
     for send in sends:
         try:
             result = send.result()
