@@ -10,11 +10,9 @@ and metrics.
 from __future__ import annotations
 
 import hashlib
-import os
 import random
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +27,7 @@ from router.queue import enqueue_forward
 from router.runtime import Runtime
 from router.sending import CIRCUIT_OPEN, SendContext, send_once
 from router.status import Outcome
+from router.steps import Steps, run
 
 log = get_logger(__name__)
 
@@ -79,28 +78,14 @@ def digest_of(path: Path) -> str:
     return h.hexdigest()[:32]
 
 
-_senders: tuple[int, ThreadPoolExecutor] | None = None
-
-
-def sender_threads() -> ThreadPoolExecutor:
-    """This process's threads for sending to several destinations at once."""
-    global _senders
-    if _senders is None or _senders[0] != os.getpid():
-        _senders = (os.getpid(), ThreadPoolExecutor(SENDER_THREADS, "sender"))
-    return _senders[1]
-
-
-SENDER_THREADS = 8
-
-
 def deliver(rt: Runtime, key: str, destination: str, meta: dict[str, Any], attempt: int) -> None:
     """One delivery attempt and all of its bookkeeping (a forward task)."""
-    sent = try_delivery(rt, key, destination, meta, attempt)
+    sent = run(delivery_steps(rt, key, destination, meta, attempt))
     if sent is not None:
         book(rt, key, [sent])
 
 
-def try_delivery(
+def delivery_steps(
     rt: Runtime,
     key: str,
     destination: str,
@@ -108,11 +93,12 @@ def try_delivery(
     attempt: int = 1,
     digests: dict[str, str] | None = None,
     new: bool = False,
-) -> Sent | None:
+) -> Steps[Sent | None]:
     """One delivery attempt; a failure's bookkeeping is done here, a success's is returned.
 
-    The caller passes what is returned to ``book``: the route task, sending one
-    instance to several destinations at once, books them all in one go.
+    Steps (router/steps.py): the route task sends one instance to several
+    destinations at once with ``run_all``, then passes what they return to
+    ``book`` in one go.
     ``digests`` holds content hashes by spool key already computed by the caller
     (route hashes each file once, however many destinations get it). ``new``: the
     caller has just found no delivery record for this content and destination.
@@ -148,7 +134,7 @@ def try_delivery(
         # Known not to answer: this attempt fails without touching the network.
         outcome, status_text = Outcome.RETRY, CIRCUIT_OPEN
     else:
-        attempted = send_once(
+        attempted = yield from send_once(
             SendContext(dest_cfg, rt.accepts.get(destination, []),
                         rt.pool, rt.circuits, rt.spool.tmp),
             destination, path, meta,

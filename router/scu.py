@@ -30,6 +30,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from router import metrics
 from router.config import DestinationConfig
 from router.slots import AssociationSlots
+from router.steps import Steps, run
 from router.store_association import AssociationError, StoreAssociation
 from router.tls import shared_client_context
 
@@ -260,6 +261,19 @@ class AssociationPool:
         :class:`DeliveryError` when there is no status to return (refused connection,
         rejected association, nothing acceptable, abort, timeout).
         """
+        return run(self.send_steps(name, peer, sop_class, proposals, prepare, refusal))
+
+    def send_steps(
+        self,
+        name: str,
+        peer: Peer,
+        sop_class: str,
+        proposals: Sequence[str],
+        prepare: Prepare,
+        refusal: str | None = None,
+    ) -> Steps[tuple[int, str]]:
+        """``send`` as steps (router/steps.py). Opening an association, when one is
+        needed, blocks; the C-STORE itself waits in steps."""
         shown = ", ".join(proposals)
         refusal = refusal or (
             f"destination does not accept SOP class {sop_class} in transfer syntax {shown}"
@@ -276,7 +290,7 @@ class AssociationPool:
             path, syntax = _prepare_first(accepted, prepare)
             context_id = pooled.assoc.accepted[(sop_class, syntax)]
             try:
-                status = pooled.assoc.send_c_store(path, context_id)
+                status = yield from pooled.assoc.c_store_steps(path, context_id)
             except AssociationError as exc:
                 self._close(name)
                 raise DeliveryError(f"no C-STORE response: {exc.reason}") from exc

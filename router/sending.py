@@ -24,6 +24,7 @@ from router.file_meta import read_file_meta
 from router.outbound_syntax import plan_syntaxes
 from router.scu import AssociationPool, DeliveryError, PrepareError, destination_peer
 from router.status import Outcome, classify, describe
+from router.steps import Steps
 from router.transcode import ConversionError, convert_file, syntax_name
 
 CIRCUIT_OPEN = "destination not answering (circuit open)"
@@ -56,8 +57,13 @@ class Attempt:
     """Size of the converted copy that was sent (None: sent as stored)."""
 
 
-def send_once(ctx: SendContext, name: str, path: Path, meta: dict[str, Any]) -> Attempt | None:
-    """One attempt to deliver ``path`` to destination ``name``; None when no slot is free."""
+def send_once(
+    ctx: SendContext, name: str, path: Path, meta: dict[str, Any]
+) -> Steps[Attempt | None]:
+    """One attempt to deliver ``path`` to destination ``name``; None when no slot is free.
+
+    Steps (router/steps.py): ``run`` it, or ``run_all`` several.
+    """
     dest = ctx.destination
     try:
         peer = destination_peer(dest)
@@ -83,7 +89,7 @@ def send_once(ctx: SendContext, name: str, path: Path, meta: dict[str, Any]) -> 
 
     started = time.monotonic()
     try:
-        status, sent_as = ctx.pool.send(
+        status, sent_as = yield from ctx.pool.send_steps(
             name, peer, sop_class, plan.proposals, prepare, plan.refusal(sop_class)
         )
     except DeliveryError as exc:

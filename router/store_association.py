@@ -46,6 +46,7 @@ from pynetdicom.presentation import PresentationContext
 
 from router import command_set
 from router.file_meta import read_file_meta
+from router.steps import Start, Steps, Wait, run
 
 APPLICATION_CONTEXT = "1.2.840.10008.3.1.1.1"
 
@@ -88,25 +89,49 @@ class AssociationError(Exception):
         """A rejection the peer marked permanent (PS3.8 9.3.4: result 1)."""
 
 
-def _recv_exactly(sock: socket.socket, count: int) -> bytes:
+def _recv_exactly(sock: socket.socket, count: int, timeout: float | None) -> Steps[bytes]:
     data = bytearray(count)
     view = memoryview(data)
     done = 0
     while done < count:
-        got = sock.recv_into(view[done:], count - done)
+        try:
+            got = sock.recv_into(view[done:], count - done)
+        except (BlockingIOError, ssl.SSLWantReadError):
+            yield Wait(sock, False, timeout)
+            continue
+        except ssl.SSLWantWriteError:
+            yield Wait(sock, True, timeout)
+            continue
         if not got:
             raise AssociationError("the destination closed the connection")
         done += got
     return bytes(data)
 
 
-def _read_pdu(sock: socket.socket) -> tuple[int, bytes]:
+def _send_exactly(sock: socket.socket, data: memoryview, timeout: float | None) -> Steps[None]:
+    sent, total = 0, len(data)
+    while sent < total:
+        try:
+            sent += sock.send(data[sent:])
+        except (BlockingIOError, ssl.SSLWantWriteError):
+            yield Wait(sock, True, timeout)
+        except ssl.SSLWantReadError:
+            yield Wait(sock, False, timeout)
+
+
+def _read_pdu_steps(sock: socket.socket, timeout: float | None) -> Steps[tuple[int, bytes]]:
     """One whole PDU: (type, bytes including its 6-byte header)."""
-    header = _recv_exactly(sock, _HEADER.size)
+    header = yield from _recv_exactly(sock, _HEADER.size, timeout)
     pdu_type, _reserved, length = _HEADER.unpack(header)
     if length > MAX_RECEIVED_PDU:
         raise AssociationError(f"the destination announced a PDU of {length} bytes")
-    return pdu_type, header + _recv_exactly(sock, length)
+    body = yield from _recv_exactly(sock, length, timeout)
+    return pdu_type, header + body
+
+
+def _read_pdu(sock: socket.socket) -> tuple[int, bytes]:
+    """One whole PDU from a blocking socket (its own timeout applies)."""
+    return run(_read_pdu_steps(sock, sock.gettimeout()))
 
 
 def _only_tls_housekeeping(sock: socket.socket) -> bool:
@@ -206,6 +231,8 @@ class StoreAssociation:
         """Largest P-DATA PDU this side sends (the peer's maximum, at most 128 KiB)."""
         self._message_id = 0
         self._buffer = bytearray(_PDATA_HEADER.size + limit - 6)
+        self._timeout = sock.gettimeout()
+        """Longest wait for the peer during a request: the socket's timeout as opened."""
 
     @classmethod
     def open(
@@ -296,6 +323,11 @@ class StoreAssociation:
         Raises AssociationError (the association is closed then) if there is no
         response to read: the connection broke, timed out, or the peer aborted.
         """
+        return run(self.c_store_steps(path, context_id))
+
+    def c_store_steps(self, path: Path, context_id: int) -> Steps[int]:
+        """``send_c_store`` as steps (router/steps.py): several associations can send
+        and wait for their answers at the same time from one thread."""
         sock = self._sock
         if sock is None:
             raise AssociationError("the association is closed")
@@ -306,16 +338,17 @@ class StoreAssociation:
         command = command_set.c_store_rq(
             message_id, file_meta.sop_class_uid, file_meta.sop_instance_uid
         )
+        yield Start(sock)
         try:
-            self._send_fragments(sock, context_id, BytesIO(command), len(command), 0x01)
+            yield from self._send_fragments(sock, context_id, BytesIO(command), len(command), 0x01)
             with open(path, "rb") as source:
                 size = os.fstat(source.fileno()).st_size - offset
                 source.seek(offset)
                 # PS3.5 A.5: a deflated stream is padded to even length with a NUL;
                 # some writers leave it odd, and dcmtk refuses odd fragments.
                 pad = size % 2 == 1 and file_meta.transfer_syntax == DEFLATED
-                self._send_fragments(sock, context_id, source, size, 0x00, pad)
-            return self._read_response(sock, message_id)
+                yield from self._send_fragments(sock, context_id, source, size, 0x00, pad)
+            return (yield from self._read_response(sock, message_id))
         except (OSError, AssociationError) as exc:
             self.abort()
             if isinstance(exc, AssociationError):
@@ -330,12 +363,12 @@ class StoreAssociation:
         size: int,
         kind: int,
         pad: bool = False,
-    ) -> None:
+    ) -> Steps[None]:
         """Send ``size`` bytes of ``source`` as P-DATA PDUs of one PDV each.
 
         ``kind`` is 0x01 for a command, 0x00 for a data set; the last fragment
         also carries 0x02. Each PDU is read into one buffer behind its header and
-        sent with one call. ``pad`` appends one NUL byte after the data.
+        sent whole before the next is read. ``pad`` appends one NUL byte after the data.
         """
         buffer = self._buffer
         start = _PDATA_HEADER.size
@@ -355,15 +388,15 @@ class StoreAssociation:
                 flags = kind | (0x02 if remaining == 0 else 0)
                 pdv = chunk + 2  # context ID and flags, then the fragment
                 _PDATA_HEADER.pack_into(buffer, 0, P_DATA, 0, pdv + 4, pdv, context_id, flags)
-                sock.sendall(view[: start + chunk])
+                yield from _send_exactly(sock, view[: start + chunk], self._timeout)
                 if remaining == 0:
                     return
 
-    def _read_response(self, sock: socket.socket, message_id: int) -> int:
+    def _read_response(self, sock: socket.socket, message_id: int) -> Steps[int]:
         """Read P-DATA PDUs until a whole command set has arrived; its status."""
         fragments: list[bytes] = []
         while True:
-            pdu_type, raw = _read_pdu(sock)
+            pdu_type, raw = yield from _read_pdu_steps(sock, self._timeout)
             if pdu_type == ABORT:
                 self._close()
                 raise AssociationError("the destination aborted the association")

@@ -6,7 +6,7 @@ instance right away from the route task; every other destination (not contacted
 yet, idle, failing, circuit open) gets a ``forward`` task, queued before the
 direct sends start, so a destination that is down delays only its own deliveries.
 ``forward`` sends the spooled file to one destination; retries, alternates and
-dead letters always go through it. Both deliver through ``try_delivery`` and
+dead letters always go through it. Both deliver through ``delivery_steps`` and
 ``book`` (router/deliver.py) and record the same outcome. Tasks receive spool keys
 and a few UIDs, never pixel data.
 """
@@ -27,13 +27,14 @@ from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 
 from router import metrics
-from router.deliver import Sent, book, deliver, digest_of, sender_threads, try_delivery
+from router.deliver import Sent, book, deliver, delivery_steps, digest_of
 from router.logs import get_logger
 from router.queue import FORWARD_TASK, ROUTE_TASK, app, enqueue_forward
 from router.rules import InstanceView, RulesetError, decide
 from router.rules.actions import ActionContext
 from router.rules.engine import Decision, destinations_by_rule
 from router.runtime import Runtime, runtime
+from router.steps import run_all
 from router.transcode import is_lossy
 
 log = get_logger(__name__)
@@ -179,40 +180,22 @@ def _send_inline(
     digests: dict[str, str],
     sent_before: set[str],
 ) -> None:
-    """Send to the destinations this process talks to, in parallel, then book them together.
+    """Send to the destinations this process talks to, all at once, then book them together.
 
-    The first destination is sent to from this thread while the others go to
-    sender threads: one thread hand-off fewer per instance. A send that raised
-    (Redis lost mid-way) does not keep the others from being booked; the first
-    error is raised after, for the task to be handed back.
+    The sends run interleaved in this thread (router/steps.py), each waiting only
+    for its own peer. A send that raised (Redis lost mid-way) does not keep the
+    others from being booked; the first error is raised after, for the task to be
+    handed back.
     """
-    if not inline:
-        return
-    sends = [  # one thread per further destination: each waits for its own peer
-        sender_threads().submit(
-            try_delivery, rt, key, dest, forward_meta, 1, digests, dest not in sent_before
-        )
-        for dest, forward_meta in inline[1:]
-    ]
-    done: list[Sent] = []
-    error: BaseException | None = None
-    dest, forward_meta = inline[0]
-    try:
-        here = try_delivery(rt, key, dest, forward_meta, 1, digests, dest not in sent_before)
-    except Exception as exc:
-        error = exc
-    else:
-        if here is not None:
-            done.append(here)
-    for send in sends:
-        try:
-            result = send.result()
-        except Exception as exc:
-            error = error or exc
-            continue
-        if result is not None:
-            done.append(result)
+    outcomes = run_all(
+        [
+            delivery_steps(rt, key, dest, forward_meta, 1, digests, dest not in sent_before)
+            for dest, forward_meta in inline
+        ]
+    )
+    done = [o.value for o in outcomes if isinstance(o.value, Sent)]
     book(rt, key, done)
+    error = next((o.error for o in outcomes if o.error is not None), None)
     if error is not None:
         raise error
 

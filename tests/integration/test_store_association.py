@@ -16,6 +16,7 @@ from pynetdicom import AE, evt
 from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 
 from router.scu import AssociationPool, DeliveryError, Peer
+from router.steps import run_all
 from router.store_association import AssociationError, StoreAssociation
 from tests.support.capture_scp import CaptureSCP
 from tests.support.compare import dataset_differences
@@ -219,3 +220,50 @@ def test_a_broken_answer_to_the_association_request_says_what_was_wrong(
     port = _answering_once(reply)
     with pytest.raises(AssociationError, match=reason):
         StoreAssociation.open("127.0.0.1", port, "ROUTER", "PEER", [(CT, EXPLICIT_LE)], 5, 5)
+
+
+def test_one_thread_sends_to_several_destinations_at_once(tmp_path: Path) -> None:
+    """router.steps.run_all: each send waits only for its own peer, a timeout ends only
+    its own send, and the sockets are blocking again afterwards."""
+    (path,) = write_ct_series(tmp_path / "ct", 1, rows=64, cols=64)
+
+    def answer_after(seconds: float, status: int) -> Any:
+        def handle(event: Any) -> int:
+            time.sleep(seconds)
+            return status
+
+        return handle
+
+    with (
+        _Peer(answer_after(1.0, 0x0000)) as fast,
+        _Peer(answer_after(1.0, 0xA701)) as busy,
+        _Peer(answer_after(4.0, 0x0000)) as stalled,
+    ):
+        pool = AssociationPool("ROUTER")
+        peers = {
+            "fast": Peer("PEER", "127.0.0.1", fast.port, timeout=7.0),
+            "busy": Peer("PEER", "127.0.0.1", busy.port),
+            "stalled": Peer("PEER", "127.0.0.1", stalled.port, timeout=1.5),
+        }
+        started = time.monotonic()
+        sends = [
+            pool.send_steps(name, peer, CT, [EXPLICIT_LE], lambda chosen: path)
+            for name, peer in peers.items()
+        ]
+        outcomes = run_all(sends)
+        elapsed = time.monotonic() - started
+        assert elapsed < 2.5, f"sends took {elapsed:.1f} s: one after the other"
+        assert outcomes[0].value == (0x0000, EXPLICIT_LE)
+        assert outcomes[1].value == (0xA701, EXPLICIT_LE)
+        error = outcomes[2].error
+        assert isinstance(error, DeliveryError) and "no C-STORE response" in error.reason
+        assert not pool.answering("stalled") and pool.answering("fast")
+        sock = pool._pooled["fast"].assoc._sock
+        assert sock is not None and sock.gettimeout() == 7.0
+        assert _send_to(pool, "fast", peers["fast"], path) == 0x0000  # same association
+        pool.close_all()
+
+
+def _send_to(pool: AssociationPool, name: str, peer: Peer, path: Path) -> int:
+    status, _ = pool.send(name, peer, CT, [EXPLICIT_LE], lambda chosen: path)
+    return status
