@@ -34,7 +34,7 @@ from router.rules import InstanceView, RulesetError, decide
 from router.rules.actions import ActionContext
 from router.rules.engine import Decision, destinations_by_rule
 from router.runtime import Runtime, runtime
-from router.steps import run_all
+from router.steps import run, run_all
 from router.transcode import is_lossy
 
 log = get_logger(__name__)
@@ -187,12 +187,15 @@ def _send_inline(
     others from being booked; the first error is raised after, for the task to be
     handed back.
     """
-    outcomes = run_all(
-        [
-            delivery_steps(rt, key, dest, forward_meta, 1, digests, dest not in sent_before)
-            for dest, forward_meta in inline
-        ]
-    )
+    sends = [
+        delivery_steps(rt, key, dest, forward_meta, 1, digests, dest not in sent_before)
+        for dest, forward_meta in inline
+    ]
+    if len(sends) == 1:  # nothing to interleave: blocking calls, fewer system calls
+        sent = run(sends[0])
+        book(rt, key, [sent] if sent is not None else [])
+        return
+    outcomes = run_all(sends)
     done = [o.value for o in outcomes if isinstance(o.value, Sent)]
     book(rt, key, done)
     error = next((o.error for o in outcomes if o.error is not None), None)
