@@ -354,6 +354,11 @@ class StoreAssociation:
             if isinstance(exc, AssociationError):
                 raise
             raise AssociationError(f"connection failed during C-STORE ({exc})") from exc
+        except BaseException:
+            # Stopped mid-request (the steps closed, a task's time limit): whatever
+            # was half sent makes the association unusable.
+            self.abort()
+            raise
 
     def _send_fragments(
         self,
