@@ -30,7 +30,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from router import metrics
 from router.config import DestinationConfig
 from router.slots import AssociationSlots
-from router.steps import Steps, run
+from router.steps import Steps
 from router.store_association import AssociationError, StoreAssociation
 from router.tls import shared_client_context
 
@@ -245,24 +245,6 @@ class AssociationPool:
         self._start_reaper()
         return pooled
 
-    def send(
-        self,
-        name: str,
-        peer: Peer,
-        sop_class: str,
-        proposals: Sequence[str],
-        prepare: Prepare,
-        refusal: str | None = None,
-    ) -> tuple[int, str]:
-        """Negotiate ``proposals`` for ``sop_class``, then C-STORE what ``prepare`` gives.
-
-        ``prepare`` is called with the first accepted syntax (the next one if it
-        raises :class:`PrepareError`). Returns (DIMSE status, syntax sent). Raises
-        :class:`DeliveryError` when there is no status to return (refused connection,
-        rejected association, nothing acceptable, abort, timeout).
-        """
-        return run(self.send_steps(name, peer, sop_class, proposals, prepare, refusal))
-
     def send_steps(
         self,
         name: str,
@@ -272,8 +254,16 @@ class AssociationPool:
         prepare: Prepare,
         refusal: str | None = None,
     ) -> Steps[tuple[int, str]]:
-        """``send`` as steps (router/steps.py). Opening an association, when one is
-        needed, blocks; the C-STORE itself waits in steps."""
+        """Negotiate ``proposals`` for ``sop_class``, then C-STORE what ``prepare`` gives.
+
+        ``prepare`` is called with the first accepted syntax (the next one if it
+        raises :class:`PrepareError`). Returns (DIMSE status, syntax sent). Raises
+        :class:`DeliveryError` when there is no status to return (refused connection,
+        rejected association, nothing acceptable, abort, timeout).
+
+        Steps (router/steps.py): ``run`` it, or ``run_all`` several. Opening an
+        association, when one is needed, blocks; the C-STORE itself waits in steps.
+        """
         shown = ", ".join(proposals)
         refusal = refusal or (
             f"destination does not accept SOP class {sop_class} in transfer syntax {shown}"

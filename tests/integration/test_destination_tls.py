@@ -15,6 +15,7 @@ from pydicom import dcmread
 from router.config import ConfigError, load_config
 from router.scu import AssociationPool, DeliveryError, Peer, destination_peer
 from router.service import check_destination_tls
+from router.steps import run
 from router.store_association import AssociationError, StoreAssociation
 from router.tls import client_context
 from tests.support.compare import dataset_differences
@@ -59,7 +60,9 @@ def test_instances_go_over_tls_on_one_reused_association(
     peer = _peer(port, tls_files)
     first = None
     for path in files:
-        status, _ = pool.send("secure", peer, CT, [EXPLICIT_LE], lambda chosen, p=path: p)
+        status, _ = run(
+            pool.send_steps("secure", peer, CT, [EXPLICIT_LE], lambda chosen, p=path: p)
+        )
         assert status == 0x0000
         first = first or pool._pooled["secure"].assoc
         time.sleep(0.2)  # an idle moment between instances, as in a real series
@@ -87,7 +90,11 @@ def test_an_unknown_certificate_is_a_permanent_failure(
     assert "certificate was not accepted" in caught.value.reason
     (path,) = write_ct_series(tmp_path / "ct", 1, rows=64, cols=64)
     with pytest.raises(DeliveryError) as delivery:
-        AssociationPool("ROUTER").send("secure", wrong, CT, [EXPLICIT_LE], lambda chosen: path)
+        run(
+            AssociationPool("ROUTER").send_steps(
+                "secure", wrong, CT, [EXPLICIT_LE], lambda chosen: path
+            )
+        )
     assert not delivery.value.transient
 
 

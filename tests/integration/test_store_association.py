@@ -16,7 +16,7 @@ from pynetdicom import AE, evt
 from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 
 from router.scu import AssociationPool, DeliveryError, Peer
-from router.steps import run_all
+from router.steps import run, run_all
 from router.store_association import AssociationError, StoreAssociation
 from tests.support.capture_scp import CaptureSCP
 from tests.support.compare import dataset_differences
@@ -32,7 +32,7 @@ CT = str(CTImageStorage)
 
 def _send(pool: AssociationPool, peer: Peer, path: Path, syntax: str = EXPLICIT_LE) -> int:
     sop_class = str(dcmread(path, stop_before_pixels=True).SOPClassUID)
-    status, _ = pool.send("dest", peer, sop_class, [syntax], lambda chosen: path)
+    status, _ = run(pool.send_steps("dest", peer, sop_class, [syntax], lambda chosen: path))
     return status
 
 
@@ -178,8 +178,8 @@ def test_rejections_and_refusals_say_why() -> None:
         assert "rejected permanently" in rejected.value.reason
         pool = AssociationPool("ROUTER")
         with pytest.raises(DeliveryError) as refused:
-            pool.send("dest", Peer("PEER", "127.0.0.1", peer.port), "1.2.3.4", [EXPLICIT_LE],
-                      lambda chosen: Path("unused"))  # fmt: skip
+            run(pool.send_steps("dest", Peer("PEER", "127.0.0.1", peer.port), "1.2.3.4",
+                                [EXPLICIT_LE], lambda chosen: Path("unused")))  # fmt: skip
         assert not refused.value.transient
         assert "does not accept SOP class 1.2.3.4" in refused.value.reason
     with socket.socket() as closed:
@@ -265,5 +265,5 @@ def test_one_thread_sends_to_several_destinations_at_once(tmp_path: Path) -> Non
 
 
 def _send_to(pool: AssociationPool, name: str, peer: Peer, path: Path) -> int:
-    status, _ = pool.send(name, peer, CT, [EXPLICIT_LE], lambda chosen: path)
+    status, _ = run(pool.send_steps(name, peer, CT, [EXPLICIT_LE], lambda chosen: path))
     return status
