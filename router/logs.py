@@ -14,6 +14,7 @@ from collections.abc import MutableMapping
 from typing import Any
 
 import structlog
+from pydicom import config as pydicom_config
 from pynetdicom import _config as pynetdicom_config
 
 # Field names that must never reach a log line (PS3.15 Annex E patient attributes,
@@ -81,6 +82,13 @@ def configure_logging(level: str = "INFO", json_output: bool | None = None) -> N
     # message they see (up to a tenth of a sending worker's CPU): do not bind them.
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     pynetdicom_config.LOG_HANDLER_LEVEL = "none"
+    # pydicom checks each value it converts or writes and reports an invalid one with
+    # the value itself, as a log record and a warning on stderr ("Invalid value for
+    # VR DA: '19991399'"): a patient's birth date in the application log. The router
+    # passes data sets on as received and does not judge their values; it also saves
+    # the checks' regular expressions on every element it reads or writes.
+    pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
+    pydicom_config.settings.writing_validation_mode = pydicom_config.IGNORE
     # Celery logs two lines per task; the audit trail already records each instance.
     for name in ("celery.worker.strategy", "celery.app.trace"):
         logging.getLogger(name).setLevel(max(logging.WARNING, root.level))

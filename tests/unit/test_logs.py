@@ -5,10 +5,16 @@ from __future__ import annotations
 import json
 import logging
 import re
+import warnings
 from collections.abc import Iterator
+from io import BytesIO
 
 import pytest
 import structlog
+from pydicom import config as pydicom_config
+from pydicom import dcmread
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE, evt
 from pynetdicom import _config as pynetdicom_config
 from pynetdicom.association import Association
@@ -22,8 +28,16 @@ def restore_logging() -> Iterator[None]:
     handlers, level = root.handlers[:], root.level
     pynetdicom_level = logging.getLogger("pynetdicom").level
     pynetdicom_handlers = pynetdicom_config.LOG_HANDLER_LEVEL
+    validation = (
+        pydicom_config.settings.reading_validation_mode,
+        pydicom_config.settings.writing_validation_mode,
+    )
     yield
     pynetdicom_config.LOG_HANDLER_LEVEL = pynetdicom_handlers
+    (
+        pydicom_config.settings.reading_validation_mode,
+        pydicom_config.settings.writing_validation_mode,
+    ) = validation
     structlog.reset_defaults()
     root.handlers[:] = handlers
     root.setLevel(level)
@@ -195,3 +209,32 @@ def test_pynetdicom_formats_no_messages_it_would_only_drop() -> None:
     for event in (evt.EVT_PDU_SENT, evt.EVT_PDU_RECV, evt.EVT_DIMSE_SENT, evt.EVT_DIMSE_RECV):
         assert assoc.get_handlers(event) == [], event.name
     assert logging.getLogger("pynetdicom").getEffectiveLevel() == logging.WARNING
+
+
+def test_pydicom_never_reports_a_patient_value(capsys: pytest.CaptureFixture[str]) -> None:
+    """pydicom reports an invalid value with the value itself; the router turns the
+    checks off, so a malformed birth date or name never reaches a log or stderr."""
+    configure_logging("DEBUG", json_output=True)
+    dataset = Dataset()
+    dataset.file_meta = FileMetaDataset()
+    dataset.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    dataset.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+    dataset.file_meta.MediaStorageSOPInstanceUID = "1.2.3.4"
+    dataset.PatientBirthDate = "19991399"  # no 13th month
+    dataset.PatientName = "SECRET^" + "X" * 70  # longer than PN allows
+    dataset.PatientSex = "secret-sex"
+    written = BytesIO()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        dataset.save_as(written, enforce_file_format=True)
+        written.seek(0)
+        read = dcmread(written)
+        assert (read.PatientBirthDate, str(read.PatientName)[:6], read.PatientSex) == (
+            "19991399",
+            "SECRET",
+            "secret-sex",
+        )
+    out = capsys.readouterr()
+    assert [str(w.message) for w in caught] == []
+    for secret in ("19991399", "SECRET", "secret-sex"):
+        assert secret not in out.out + out.err
