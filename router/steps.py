@@ -3,10 +3,11 @@
 A route task sends one instance to every destination it already talks to, and
 each send spends most of its time waiting for its peer. Sending from one thread
 per destination made the threads take turns at the GIL at every system call:
-about 30 thread switches per instance for three destinations, measured at a
-tenth of a worker's CPU. Instead, the sending code is written as generators
-(*steps*) that yield a :class:`Wait` when a socket is not ready; ``run_all``
-drives several at once from one thread with ``poll``, and ``run`` drives one.
+about 30 thread switches per instance for three destinations, and a fifth more
+CPU than the same sends interleaved here (docs/performance.md). Instead, the
+sending code is written as generators (*steps*) that yield a :class:`Wait` when a
+socket is not ready; ``run_all`` drives several at once from one thread with
+``poll``, and ``run`` drives one.
 
 A step generator yields :class:`Start` before its first operation on a socket.
 ``run`` leaves the socket as it is (blocking, with its timeout: a wait never
