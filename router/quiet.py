@@ -11,7 +11,7 @@ association sides sleep until there is something to do:
 
 - DUL reactor: ``quiet_dul`` replaces the association's ``_dul_ready`` event, which
   the reactor consults at the top of each loop, with an object whose ``is_set``
-  blocks in ``select`` on the socket and on a wake-up socket until data arrives, a
+  blocks in ``poll`` on the socket and on a wake-up socket until data arrives, a
   primitive is queued for sending (the outgoing queue's ``put`` signals it), or
   ``WAIT_S`` passes (for the ARTIM timer and thread shutdown); the reactor's own
   sleep is then set to 0. It waits only when it has nothing to do: no pending
@@ -105,13 +105,16 @@ class _DulWaiter:
                 return True
             if isinstance(sock, ssl.SSLSocket) and sock.pending():
                 return True
+            poller = select.poll()  # not select(): no limit on descriptor numbers
             try:
-                ready, _, _ = select.select([sock, self._wake_r], [], [], WAIT_S)
+                poller.register(sock, select.POLLIN)
+                poller.register(self._wake_r, select.POLLIN)
+                ready = {fd for fd, _events in poller.poll(int(WAIT_S * 1000))}
             except (OSError, ValueError):
                 return True  # the reactor's own check reports the closed connection
         finally:
             self._waiting = False
-        if self._wake_r in ready:
+        if self._wake_r.fileno() in ready:
             with contextlib.suppress(OSError):
                 while self._wake_r.recv(256):
                     pass

@@ -308,10 +308,12 @@ class StoreAssociation:
         sock = self._sock
         if sock is None:
             return False
+        poller = select.poll()  # not select(): no limit on descriptor numbers
         try:
-            readable, _, _ = select.select([sock], [], [], 0)
+            poller.register(sock, select.POLLIN)
+            readable = bool(poller.poll(0))
         except (OSError, ValueError):
-            readable = [sock]
+            readable = True
         if readable and not _only_tls_housekeeping(sock):
             self.abort()
             return False

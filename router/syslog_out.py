@@ -177,8 +177,9 @@ class TlsTransport:
 
     def _closed_by_peer(self) -> bool:
         """A collector never writes: a readable socket means it closed or reset."""
-        readable, _, _ = select.select([self.sock], [], [], 0)
-        if not readable:
+        poller = select.poll()  # not select(): no limit on descriptor numbers
+        poller.register(self.sock, select.POLLIN)
+        if not poller.poll(0):
             return False
         try:
             self.sock.settimeout(0)
