@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import select
 import socket
 import ssl
 import struct
@@ -46,7 +45,7 @@ from pynetdicom.presentation import PresentationContext
 
 from router import command_set
 from router.file_meta import read_file_meta
-from router.steps import Start, Steps, Wait, run
+from router.steps import Start, Steps, Wait, ready, run
 
 APPLICATION_CONTEXT = "1.2.840.10008.3.1.1.1"
 
@@ -308,13 +307,7 @@ class StoreAssociation:
         sock = self._sock
         if sock is None:
             return False
-        poller = select.poll()  # not select(): no limit on descriptor numbers
-        try:
-            poller.register(sock, select.POLLIN)
-            readable = bool(poller.poll(0))
-        except (OSError, ValueError):
-            readable = True
-        if readable and not _only_tls_housekeeping(sock):
+        if ready(sock, False, 0) and not _only_tls_housekeeping(sock):
             self.abort()
             return False
         return True

@@ -20,7 +20,6 @@ import datetime as dt
 import errno
 import fcntl
 import os
-import select
 import socket
 import ssl
 import threading
@@ -31,6 +30,7 @@ from typing import Protocol
 
 from router import metrics
 from router.logs import get_logger
+from router.steps import ready
 
 log = get_logger(__name__)
 
@@ -177,9 +177,7 @@ class TlsTransport:
 
     def _closed_by_peer(self) -> bool:
         """A collector never writes: a readable socket means it closed or reset."""
-        poller = select.poll()  # not select(): no limit on descriptor numbers
-        poller.register(self.sock, select.POLLIN)
-        if not poller.poll(0):
+        if not ready(self.sock, False, 0):
             return False
         try:
             self.sock.settimeout(0)

@@ -34,7 +34,7 @@ from router.rules import InstanceView, RulesetError, decide
 from router.rules.actions import ActionContext
 from router.rules.engine import Decision, destinations_by_rule
 from router.runtime import Runtime, runtime
-from router.steps import run, run_all
+from router.steps import run_all
 from router.transcode import is_lossy
 
 log = get_logger(__name__)
@@ -191,10 +191,6 @@ def _send_inline(
         delivery_steps(rt, key, dest, forward_meta, 1, digests, dest not in sent_before)
         for dest, forward_meta in inline
     ]
-    if len(sends) == 1:  # nothing to interleave: blocking calls, fewer system calls
-        sent = run(sends[0])
-        book(rt, key, [sent] if sent is not None else [])
-        return
     outcomes = run_all(sends)
     done = [o.value for o in outcomes if isinstance(o.value, Sent)]
     book(rt, key, done)
