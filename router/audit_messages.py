@@ -14,7 +14,9 @@ Mapping (and why):
   event without a destination (unmatched, unreadable) starts no transfer: none.
 * ``forwarded`` -> DICOM Instances Transferred (110104), action R (the router is
   not the receiver and cannot know what the receiver held, A.5.3.7); outcome 0,
-  or 4 when the destination answered with a warning status.
+  or 4 when the destination answered with a warning status. A ``forwarded`` event
+  with status ``ALREADY_DELIVERED`` transferred nothing (the destination had the
+  content from an earlier reception): none.
 * ``forward_failed`` -> DICOM Instances Transferred, outcome 4 ("minor failure;
   action restarted": the router retries), ``dead_lettered`` -> outcome 8
   ("serious failure; action terminated"). A.5.2 asks for one message per failed
@@ -44,6 +46,8 @@ import xml.etree.ElementTree as ET
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from router.status import ALREADY_DELIVERED
 
 MessageParts = tuple[str, str, str]  # (code, codeSystemName, originalText)
 
@@ -250,6 +254,8 @@ def audit_message(record: Mapping[str, Any], ctx: AuditContext) -> bytes | None:
         root = _start(BEGIN_TRANSFERRING, "E", when, SUCCESS)
         _router(root, ctx, True, ROLE_SOURCE)
         _remote(root, _destination_node(record, ctx), False, ROLE_DESTINATION)
+    elif event == "forwarded" and status == ALREADY_DELIVERED:
+        return None
     elif event == "forwarded":
         warning = bool(status) and not status.startswith("0x0000")
         root = _transferred(record, ctx, MINOR_FAILURE if warning else SUCCESS)

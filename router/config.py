@@ -187,6 +187,9 @@ class DestinationConfig(_Strict):
     alternate: str | None = None
     tls: ClientTLSConfig | None = None
     timeout: float = 30.0
+    resend_identical: bool = False
+    """Send an instance received again with identical content again (a deliberate
+    re-send); by default the delivery record of the first one stands for it."""
 
     @field_validator("timeout", mode="before")
     @classmethod

@@ -26,7 +26,7 @@ from router.logs import get_logger
 from router.queue import enqueue_forward
 from router.runtime import Runtime
 from router.sending import CIRCUIT_OPEN, SendContext, send_once
-from router.status import Outcome
+from router.status import ALREADY_DELIVERED, Outcome
 from router.steps import Steps, run
 
 log = get_logger(__name__)
@@ -46,8 +46,9 @@ class Sent:
     destination: str
     sop_uid: str
     digest: str
-    forwarded: dict[str, Any] | None
-    """Fields of the ``forwarded`` audit event; None when it was delivered before."""
+    forwarded: dict[str, Any]
+    """Fields of the ``forwarded`` audit event (status ``ALREADY_DELIVERED`` when the
+    destination had this content from before and nothing was sent)."""
 
 
 def book(rt: Runtime, key: str, sent: Sequence[Sent]) -> None:
@@ -55,7 +56,7 @@ def book(rt: Runtime, key: str, sent: Sequence[Sent]) -> None:
     after the last destination, release the original and its copies."""
     if not sent:
         return
-    rt.audit.emit_many([("forwarded", s.forwarded) for s in sent if s.forwarded is not None])
+    rt.audit.emit_many([("forwarded", s.forwarded) for s in sent])
     records = [(s.destination, s.sop_uid, s.digest) for s in sent]
     derived = rt.deliveries.delivered_many(key, records)
     if derived is not None:
@@ -124,10 +125,12 @@ def delivery_steps(
     if rt.audit.dicom is not None:  # DICOM audit messages name the patient (PS3.15 A.5.3)
         audit_fields["patient_id"] = _patient_id(path)
     digest = (digests or {}).get(meta.get("send_key") or key) or digest_of(path)
-    if not new and rt.deliveries.already_delivered(destination, sop_uid, digest):
+    reception = key if dest_cfg.resend_identical else None
+    if not new and rt.deliveries.already_delivered(destination, sop_uid, digest, reception):
         log.info("forward: already delivered, not sending again", spool_key=key,
                  destination=destination, sop_instance_uid=sop_uid)  # fmt: skip
-        return Sent(destination, sop_uid, digest, None)
+        metrics.already_delivered.labels(destination).inc()
+        return Sent(destination, sop_uid, digest, {"status": ALREADY_DELIVERED, **audit_fields})
     blocked = rt.circuits.blocked_for(destination, probe_timeout_s=2 * dest_cfg.timeout + 10)
     sent_bytes = None
     if blocked > 0:

@@ -4,14 +4,18 @@ A spool file may be removed only once every destination chosen for it has it.
 The route task records the chosen destinations in a hash; each successful
 forward removes its own entry, atomically learning whether it was the last one.
 A delivery record per (SOP Instance UID, destination, content hash) makes a
-redelivered forward task a no-op instead of a second send.
+redelivered forward task a no-op instead of a second send. The record holds the
+spool key of the reception it delivered: for a destination with
+``resend_identical`` only a record of the same reception counts, so a redelivered
+task still sends nothing while the same content received again (a deliberate
+re-send from the modality) goes out again.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 import redis
@@ -52,6 +56,13 @@ def delivered_key(destination: str, sop_instance_uid: str, digest: str) -> str:
     return f"{PREFIX}delivered:{destination}:{sop_instance_uid}:{digest}"
 
 
+def _counts(record: object, spool_key: str, same_reception_only: bool) -> bool:
+    """Whether a delivery record (its value: the spool key delivered) makes a send redundant."""
+    if record is None:
+        return False
+    return not same_reception_only or record in (spool_key, spool_key.encode())
+
+
 class Deliveries:
     """Redis-held delivery state shared by every worker."""
 
@@ -66,6 +77,7 @@ class Deliveries:
         tasks: Mapping[str, Mapping[str, Any]] | None = None,
         also: Callable[[Any], None] | None = None,
         check: Sequence[tuple[str, str, str]] = (),
+        resend_identical: Collection[str] = (),
     ) -> set[str]:
         """Record the destinations an instance must reach (idempotent), and since when.
 
@@ -73,7 +85,9 @@ class Deliveries:
         lost be queued again (router/stalled.py). ``also`` adds commands of the
         caller's to the same transaction (and round trip). ``check`` lists
         (destination, SOP Instance UID, digest) to look up as ``already_delivered``
-        does; returns the destinations among them that already have the instance.
+        does (``resend_identical``: the destinations for which only a delivery of
+        this same reception counts); returns the destinations among them that
+        already have the instance.
         """
         fields = {dest: f"queued@{since or time.time()}" for dest in destinations}
         if not fields:
@@ -86,10 +100,14 @@ class Deliveries:
         if also is not None:
             also(pipe)
         for destination, sop_instance_uid, digest in check:
-            pipe.exists(delivered_key(destination, sop_instance_uid, digest))
+            pipe.get(delivered_key(destination, sop_instance_uid, digest))
         results = pipe.execute()
         found = results[len(results) - len(check) :]
-        return {dest for (dest, _uid, _digest), hit in zip(check, found, strict=True) if hit}
+        return {
+            dest
+            for (dest, _uid, _digest), record in zip(check, found, strict=True)
+            if _counts(record, spool_key, dest in resend_identical)
+        }
 
     def retrying(self, spool_key: str, destination: str, due: float) -> None:
         """The delivery waits in the retry schedule until ``due``: not stalled before."""
@@ -112,8 +130,17 @@ class Deliveries:
         members: set[bytes] = pipe.execute()[0]
         return sorted(m.decode() for m in members)
 
-    def already_delivered(self, destination: str, sop_instance_uid: str, digest: str) -> bool:
-        return bool(self.redis.exists(delivered_key(destination, sop_instance_uid, digest)))
+    def already_delivered(
+        self,
+        destination: str,
+        sop_instance_uid: str,
+        digest: str,
+        spool_key: str | None = None,
+    ) -> bool:
+        """True if this content reached ``destination`` before; with ``spool_key``,
+        only a delivery of that same reception counts (``resend_identical``)."""
+        record = self.redis.get(delivered_key(destination, sop_instance_uid, digest))
+        return _counts(record, spool_key or "", spool_key is not None)
 
     def delivered(
         self, spool_key: str, destination: str, sop_instance_uid: str, digest: str
@@ -135,7 +162,9 @@ class Deliveries:
         pipe = self.redis.pipeline(transaction=True)
         now = time.time()
         for destination, sop_instance_uid, digest in deliveries:
-            pipe.set(delivered_key(destination, sop_instance_uid, digest), "1", ex=DELIVERED_TTL_S)
+            pipe.set(
+                delivered_key(destination, sop_instance_uid, digest), spool_key, ex=DELIVERED_TTL_S
+            )
             pipe.hdel(pending_key(spool_key), destination)
             pipe.hdel(task_key(spool_key), destination)
             # For "delivered in the last hour" in `dicom-router status`.

@@ -33,6 +33,12 @@ forward = Counter(
     "C-STORE attempts to destinations, by outcome (success, warning, retry, failed).",
     ["destination", "outcome"],
 )
+already_delivered = Counter(
+    PREFIX + "already_delivered",
+    "Deliveries not sent because the destination had this very content from before "
+    "(an instance received again unchanged, or a redelivered task).",
+    ["destination"],
+)
 forward_seconds = Histogram(
     PREFIX + "forward_seconds",
     "Time of one C-STORE to a destination, association set-up included.",

@@ -29,6 +29,11 @@ class Status(enum.IntEnum):
     RESOURCE_LIMITATION = 0x0213
 
 
+ALREADY_DELIVERED = "already delivered, not sent again"
+"""Status of a ``forwarded`` audit event for which nothing was sent: a delivery record
+shows the destination has this very content (router/deliveries.py)."""
+
+
 class Outcome(enum.StrEnum):
     """What a status means for delivery; also the ``outcome`` label of forward_total."""
 

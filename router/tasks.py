@@ -153,6 +153,8 @@ def _route(rt: Runtime, key: str, meta: dict[str, Any]) -> None:
         key, decision.destinations, since, tasks, also=rt.inbox.done_in(key),
         check=[(dest, str(meta.get("sop_instance_uid", "")), digests[m["send_key"]])
                for dest, m in inline],
+        resend_identical={dest for dest, _meta in inline
+                          if rt.cfg.destinations[dest].resend_identical},
     )  # fmt: skip
     direct = {dest for dest, _meta in inline}
     routed = [

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from pydicom import dcmread
 
+from router.status import ALREADY_DELIVERED
 from tests.support.capture_scp import CaptureSCP
 from tests.support.dcmtk import dcmsend, storescu
 from tests.support.ports import free_port
@@ -269,12 +270,17 @@ def test_identical_resend_is_not_sent_again_but_a_correction_is(
             uid = str(dcmread(original).SOPInstanceUID)
             assert storescu([original], router.port).returncode == 0
             pacs.wait_for_count(1, timeout=30)
-            # The modality sends the very same instance again: it is not delivered twice.
+            # The modality sends the very same instance again: it is not delivered twice,
+            # and the audit trail and a metric say why.
             assert storescu([original], router.port).returncode == 0
             wait_until(lambda: len(router.audit_events("received")) == 2, 30, "2nd receipt")
             wait_until(lambda: not any((router.spool_dir / "incoming").rglob("*.dcm")), 30,
                        "the second copy to be settled")  # fmt: skip
             assert pacs.sop_instance_uids() == [uid]
+            statuses = [e["status"] for e in router.audit_events("forwarded")]
+            assert statuses == ["0x0000 SUCCESS", ALREADY_DELIVERED]
+            _status, metrics = router.http("/metrics")
+            assert 'dicom_router_already_delivered_total{destination="pacs"} 1.0' in metrics
             # A correction: same SOP Instance UID, different content. It is sent again.
             corrected = dcmread(original)
             corrected.SeriesDescription = "CORRECTED"
@@ -284,5 +290,27 @@ def test_identical_resend_is_not_sent_again_but_a_correction_is(
             pacs.wait_for_count(2, timeout=30)
             assert pacs.sop_instance_uids() == [uid, uid]
             assert dcmread(pacs.received()[-1]).SeriesDescription == "CORRECTED"
+        finally:
+            router.stop()
+
+
+def test_resend_identical_sends_a_resent_instance_again(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """``resend_identical``: a deliberate re-send from the modality (the PACS lost the
+    study, say) goes out again, where by default the first delivery stands for it."""
+    with CaptureSCP() as pacs:
+        rules = "rules:\n  - name: all\n    forward: [pacs]\n"
+        dest = destination(pacs.port, resend_identical=True)
+        path, config = write_config(tmp_path / "router", redis_server.url, {"pacs": dest}, rules)
+        router = start_router(path, config)
+        try:
+            (original,) = write_ct_series(tmp_path / "ct", 1, rows=64, cols=64, seed=19)
+            uid = str(dcmread(original).SOPInstanceUID)
+            for count in (1, 2):
+                assert storescu([original], router.port).returncode == 0
+                pacs.wait_for_count(count, timeout=30)
+            assert pacs.sop_instance_uids() == [uid, uid]
+            assert [e["status"] for e in router.audit_events("forwarded")] == ["0x0000 SUCCESS"] * 2
         finally:
             router.stop()

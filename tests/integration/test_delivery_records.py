@@ -95,3 +95,23 @@ def test_a_failure_seen_here_is_not_hidden_by_the_remembered_closed_state(
     for _ in range(OPEN_AFTER):
         circuits.failed("pacs")
     assert circuits.blocked_for("pacs", probe_timeout_s=5) > 0
+
+
+def test_a_record_names_its_reception_for_destinations_that_resend_identical_content(
+    redis_server: RedisServer,
+) -> None:
+    deliveries = Deliveries(redis_server.client())
+    deliveries.expect("k1", ["pacs", "archive"])
+    deliveries.delivered_many("k1", [("pacs", "1.2.3", "d"), ("archive", "1.2.3", "d")])
+
+    # The same reception again (a redelivered task): nothing to send, either way.
+    assert deliveries.already_delivered("pacs", "1.2.3", "d", spool_key="k1")
+    assert deliveries.already_delivered("pacs", "1.2.3", "d")
+    # The same content received again ("k2"): sent again only where the destination
+    # resends identical content.
+    assert not deliveries.already_delivered("pacs", "1.2.3", "d", spool_key="k2")
+    checks = [("pacs", "1.2.3", "d"), ("archive", "1.2.3", "d")]
+    assert deliveries.expect("k2", ["pacs", "archive"], check=checks,
+                             resend_identical={"pacs"}) == {"archive"}  # fmt: skip
+    assert deliveries.expect("k1", ["pacs", "archive"], check=checks,
+                             resend_identical={"pacs"}) == {"pacs", "archive"}  # fmt: skip

@@ -24,6 +24,7 @@ from router.audit_messages import (
     syslog_severity,
 )
 from router.config import RouterConfig
+from router.status import ALREADY_DELIVERED
 from router.syslog_out import SyslogQueue
 from tests.support.syslog_receiver import audit_schema, parse_syslog, validate_audit_xml
 
@@ -213,6 +214,8 @@ def test_association_rejection_is_a_node_authentication_security_alert() -> None
         ("routed", {"status": "unmatched-kept", **FULL}),
         ("routed", {"status": "unreadable", "sop_instance_uid": "1.2"}),
         ("rules_reloaded", {"status": "loaded", "ruleset_version": "abc"}),
+        # Nothing was transferred: the destination had this content from before.
+        ("forwarded", {"status": ALREADY_DELIVERED, "destination": "pacs", **FULL}),
     ],
 )
 def test_events_without_a_dicom_message(event_name: str, fields: dict[str, Any]) -> None:
