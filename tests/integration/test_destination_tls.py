@@ -3,8 +3,11 @@ TLS and a client certificate required: sends, reuse, echo, and the refusals."""
 
 from __future__ import annotations
 
+import socket
+import ssl
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +18,7 @@ from pydicom import dcmread
 from router.config import ConfigError, load_config
 from router.scu import AssociationPool, DeliveryError, Peer, destination_peer
 from router.service import check_destination_tls
-from router.steps import run
+from router.steps import ready, run
 from router.store_association import AssociationError, StoreAssociation
 from router.tls import client_context
 from tests.support.compare import dataset_differences
@@ -23,6 +26,7 @@ from tests.support.dcmtk import storescp, storescu
 from tests.support.router_proc import RedisServer, start_router, write_config
 from tests.support.synthetic import write_ct_series
 from tests.support.syslog_receiver import TlsFiles, make_tls_files
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -149,3 +153,52 @@ def test_tls_files_that_cannot_be_loaded_stop_start_up(tmp_path: Path) -> None:
         check_destination_tls(cfg)
     with pytest.raises(OSError):
         destination_peer(cfg.destinations["pacs"])
+
+
+def _tls13_pair(files: TlsFiles) -> tuple[ssl.SSLSocket, ssl.SSLSocket]:
+    """A connected TLS 1.3 client and server on 127.0.0.1; the server sends session
+    tickets after the handshake, records that carry no application data."""
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    server_ctx.load_cert_chain(files.server_cert, files.server_key)
+    assert server_ctx.num_tickets > 0
+    listener = socket.create_server(("127.0.0.1", 0))
+    accepted: list[ssl.SSLSocket] = []
+    thread = threading.Thread(
+        target=lambda: accepted.append(
+            server_ctx.wrap_socket(listener.accept()[0], server_side=True)
+        )
+    )
+    thread.start()
+    raw = socket.create_connection(listener.getsockname(), timeout=5)
+    client = client_context(files.ca, None, None).wrap_socket(raw, server_hostname="127.0.0.1")
+    thread.join(5)
+    listener.close()
+    assert client.version() == "TLSv1.3"
+    return client, accepted[0]
+
+
+def test_tls_session_tickets_between_requests_keep_the_association_usable(
+    tls_files: TlsFiles,
+) -> None:
+    """TLS 1.3 servers send session tickets after the handshake: the socket turns
+    readable with no DICOM data behind it. That must not end a pooled association;
+    data, or a closed connection, must."""
+    client, server = _tls13_pair(tls_files)
+    assoc = StoreAssociation(client, {}, 0)
+    wait_until(lambda: ready(client, False, 0), 5, "the session tickets to arrive")
+    assert assoc.usable()
+    assert assoc.usable(), "the tickets were read; nothing is pending"
+
+    server.sendall(b"\x07\x00")  # the start of an A-ABORT: the destination has spoken
+    wait_until(lambda: ready(client, False, 0), 5, "the data to arrive")
+    assert not assoc.usable()
+    server.close()
+
+    client, server = _tls13_pair(tls_files)
+    assoc = StoreAssociation(client, {}, 0)
+    wait_until(lambda: ready(client, False, 0), 5, "the session tickets to arrive")
+    assert assoc.usable()
+    server.close()
+    wait_until(lambda: ready(client, False, 0), 5, "the close to be seen")
+    assert not assoc.usable()
