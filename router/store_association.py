@@ -11,9 +11,9 @@ negotiate once, then for each instance write one command and the file's data set
 as P-DATA PDUs and read one response. That is all this module does, on a
 blocking socket with a timeout, in the thread that asks for the send.
 
-pynetdicom still encodes and decodes the association negotiation (its PDU
-classes); command sets are built and read by router/command_set.py; this module
-frames them. The data set is
+PDU framing and the negotiation are router/upper_layer.py's (pynetdicom's PDU
+classes encode and decode the negotiation); command sets are built and read by
+router/command_set.py. The data set is
 read from the spool file in the transfer syntax it was stored in and sent as it
 is, never decoded.
 
@@ -33,25 +33,32 @@ from collections.abc import Sequence
 from io import BufferedIOBase, BytesIO
 from pathlib import Path
 
-from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
-from pynetdicom.pdu import A_ASSOCIATE_AC, A_ASSOCIATE_RJ, A_ASSOCIATE_RQ
-from pynetdicom.pdu_primitives import (
-    A_ASSOCIATE,
-    ImplementationClassUIDNotification,
-    ImplementationVersionNameNotification,
-    MaximumLengthNotification,
-)
+from pynetdicom.pdu_primitives import MaximumLengthNotification
 from pynetdicom.presentation import PresentationContext
 
 from router import command_set
 from router.file_meta import read_file_meta
-from router.steps import Start, Steps, Wait, ready, run
+from router.steps import Start, Steps, ready, run
+from router.upper_layer import (
+    ABORT,
+    ASSOCIATE_AC,
+    ASSOCIATE_RJ,
+    HEADER,
+    P_DATA,
+    RELEASE_RP,
+    RELEASE_RQ,
+    AssociationError,
+    acceptance,
+    only_tls_housekeeping,
+    read_pdu,
+    read_pdu_steps,
+    rejection,
+    request_pdu,
+    send_exactly,
+    tls_handshake,
+)
 
-APPLICATION_CONTEXT = "1.2.840.10008.3.1.1.1"
-
-# PDU types (PS3.8 9.3.1)
-ASSOCIATE_RQ, ASSOCIATE_AC, ASSOCIATE_RJ = 0x01, 0x02, 0x03
-P_DATA, RELEASE_RQ, RELEASE_RP, ABORT = 0x04, 0x05, 0x06, 0x07
+__all__ = ["SEND_PDU_LIMIT", "AssociationError", "StoreAssociation"]
 
 SEND_PDU_LIMIT = 128 * 1024
 """Largest P-DATA PDU sent, whatever larger size (or "unlimited") the peer accepts:
@@ -60,160 +67,12 @@ slices sent as single PDUs cost it about twice the CPU and took 1.7 times as lon
 as 128 KiB PDUs; up to 128 KiB the cost is flat. It also keeps a large multi-frame
 instance from becoming one PDU the peer must hold whole."""
 
-MAX_RECEIVED_PDU = 1024 * 1024
-"""Longest PDU accepted from a destination: what it sends back (an association
-answer, a C-STORE response) is small; a longer announcement is a broken peer."""
-
-_MIN_ASSOCIATE_AC = 6 + 68
-"""Header plus fixed fields of an A-ASSOCIATE-AC (PS3.8 9.3.3)."""
-
 RELEASE_WAIT_S = 5.0
 """How long a release waits for the peer's answer before just closing."""
 
-_HEADER = struct.Struct(">BBL")
 _PDATA_HEADER = struct.Struct(">BBLLBB")  # PDU type, reserved, PDU length, PDV length, ctx, flags
 
 DEFLATED = "1.2.840.10008.1.2.1.99"
-
-
-class AssociationError(Exception):
-    """The association could not be set up, or broke; ``reason`` says how."""
-
-    def __init__(self, reason: str, rejected: bool = False, permanent: bool = False) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.rejected = rejected
-        """The peer answered the association request with a rejection."""
-        self.permanent = permanent
-        """A rejection the peer marked permanent (PS3.8 9.3.4: result 1)."""
-
-
-def _recv_exactly(sock: socket.socket, count: int, timeout: float | None) -> Steps[bytes]:
-    data = bytearray(count)
-    view = memoryview(data)
-    done = 0
-    while done < count:
-        try:
-            got = sock.recv_into(view[done:], count - done)
-        except (BlockingIOError, ssl.SSLWantReadError):
-            yield Wait(sock, False, timeout)
-            continue
-        except ssl.SSLWantWriteError:
-            yield Wait(sock, True, timeout)
-            continue
-        if not got:
-            raise AssociationError("the destination closed the connection")
-        done += got
-    return bytes(data)
-
-
-def _send_exactly(sock: socket.socket, data: memoryview, timeout: float | None) -> Steps[None]:
-    sent, total = 0, len(data)
-    while sent < total:
-        try:
-            sent += sock.send(data[sent:])
-        except (BlockingIOError, ssl.SSLWantWriteError):
-            yield Wait(sock, True, timeout)
-        except ssl.SSLWantReadError:
-            yield Wait(sock, False, timeout)
-
-
-def _read_pdu_steps(sock: socket.socket, timeout: float | None) -> Steps[tuple[int, bytes]]:
-    """One whole PDU: (type, bytes including its 6-byte header)."""
-    header = yield from _recv_exactly(sock, _HEADER.size, timeout)
-    pdu_type, _reserved, length = _HEADER.unpack(header)
-    if length > MAX_RECEIVED_PDU:
-        raise AssociationError(f"the destination announced a PDU of {length} bytes")
-    body = yield from _recv_exactly(sock, length, timeout)
-    return pdu_type, header + body
-
-
-def _read_pdu(sock: socket.socket) -> tuple[int, bytes]:
-    """One whole PDU from a blocking socket (its own timeout applies)."""
-    return run(_read_pdu_steps(sock, sock.gettimeout()))
-
-
-def _only_tls_housekeeping(sock: socket.socket) -> bool:
-    """True if what made a TLS socket readable carried no data (a TLS 1.3 session
-    ticket, say); False for data, a closed connection, or a plain socket."""
-    if not isinstance(sock, ssl.SSLSocket):
-        return False
-    timeout = sock.gettimeout()
-    try:
-        sock.setblocking(False)
-        sock.recv(1)  # data, or b"" for a closed connection: either way not housekeeping
-        return False
-    except ssl.SSLWantReadError:
-        return True
-    except OSError:
-        return False
-    finally:
-        sock.settimeout(timeout)
-
-
-def _request_pdu(calling_ae: str, called_ae: str, contexts: Sequence[PresentationContext]) -> bytes:
-    primitive = A_ASSOCIATE()
-    primitive.application_context_name = APPLICATION_CONTEXT
-    primitive.calling_ae_title = calling_ae
-    primitive.called_ae_title = called_ae
-    primitive.presentation_context_definition_list = list(contexts)
-    max_length = MaximumLengthNotification()
-    max_length.maximum_length_received = 0  # responses are small; no limit asked
-    class_uid = ImplementationClassUIDNotification()
-    class_uid.implementation_class_uid = PYNETDICOM_IMPLEMENTATION_UID
-    version = ImplementationVersionNameNotification()
-    version.implementation_version_name = PYNETDICOM_IMPLEMENTATION_VERSION
-    primitive.user_information = [max_length, class_uid, version]
-    pdu = A_ASSOCIATE_RQ()
-    pdu.from_primitive(primitive)
-    return pdu.encode()
-
-
-def _acceptance(raw: bytes) -> A_ASSOCIATE:
-    if len(raw) < _MIN_ASSOCIATE_AC:
-        raise AssociationError(f"unreadable association answer ({len(raw)} bytes)")
-    try:
-        pdu = A_ASSOCIATE_AC()
-        pdu.decode(raw)
-        return pdu.to_primitive()
-    except Exception as exc:  # a broken peer: pynetdicom's decoders raise many kinds
-        raise AssociationError(f"unreadable association answer ({exc!r})") from exc
-
-
-def _rejection(raw: bytes) -> AssociationError:
-    try:
-        pdu = A_ASSOCIATE_RJ()
-        pdu.decode(raw)
-        primitive = pdu.to_primitive()
-    except Exception as exc:
-        return AssociationError(f"association rejected, unreadably ({exc!r})", rejected=True)
-    result = primitive.result
-    kind = "permanently" if result == 0x01 else "transiently"
-    return AssociationError(
-        f"association rejected {kind} by the destination "
-        f"(source {primitive.result_source}, reason {primitive.diagnostic})",
-        rejected=True,
-        permanent=result == 0x01,
-    )
-
-
-def _tls_handshake(sock: socket.socket, tls: ssl.SSLContext, host: str) -> ssl.SSLSocket:
-    """Wrap ``sock`` and shake hands (within the connect timeout); says why it failed.
-
-    A certificate the router cannot verify is a permanent failure: trying again
-    will not change it until the configuration or the certificate does.
-    """
-    try:
-        return tls.wrap_socket(sock, server_hostname=host)
-    except ssl.SSLCertVerificationError as exc:
-        sock.close()
-        raise AssociationError(
-            f"TLS: the destination's certificate was not accepted ({exc.verify_message})",
-            permanent=True,
-        ) from exc
-    except (ssl.SSLError, OSError) as exc:
-        sock.close()
-        raise AssociationError(f"TLS handshake failed ({exc})") from exc
 
 
 class StoreAssociation:
@@ -267,17 +126,17 @@ class StoreAssociation:
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if tls is not None:
-                sock = _tls_handshake(sock, tls, host)
+                sock = tls_handshake(sock, tls, host)
             sock.settimeout(timeout)
-            sock.sendall(_request_pdu(calling_ae, called_ae, contexts))
-            pdu_type, raw = _read_pdu(sock)
+            sock.sendall(request_pdu(calling_ae, called_ae, contexts))
+            pdu_type, raw = read_pdu(sock)
             if pdu_type == ASSOCIATE_RJ:
-                raise _rejection(raw)
+                raise rejection(raw)
             if pdu_type == ABORT:
                 raise AssociationError("the destination aborted the association request")
             if pdu_type != ASSOCIATE_AC:
                 raise AssociationError(f"unexpected PDU type 0x{pdu_type:02X} in answer")
-            primitive = _acceptance(raw)
+            primitive = acceptance(raw)
         except (AssociationError, OSError) as exc:
             sock.close()
             if isinstance(exc, AssociationError):
@@ -307,7 +166,7 @@ class StoreAssociation:
         sock = self._sock
         if sock is None:
             return False
-        if ready(sock, False, 0) and not _only_tls_housekeeping(sock):
+        if ready(sock, False, 0) and not only_tls_housekeeping(sock):
             self.abort()
             return False
         return True
@@ -388,7 +247,7 @@ class StoreAssociation:
                 flags = kind | (0x02 if remaining == 0 else 0)
                 pdv = chunk + 2  # context ID and flags, then the fragment
                 _PDATA_HEADER.pack_into(buffer, 0, P_DATA, 0, pdv + 4, pdv, context_id, flags)
-                yield from _send_exactly(sock, view[: start + chunk], self._timeout)
+                yield from send_exactly(sock, view[: start + chunk], self._timeout)
                 if remaining == 0:
                     return
 
@@ -396,7 +255,7 @@ class StoreAssociation:
         """Read P-DATA PDUs until a whole command set has arrived; its status."""
         fragments: list[bytes] = []
         while True:
-            pdu_type, raw = yield from _read_pdu_steps(sock, self._timeout)
+            pdu_type, raw = yield from read_pdu_steps(sock, self._timeout)
             if pdu_type == ABORT:
                 self._close()
                 raise AssociationError("the destination aborted the association")
@@ -405,7 +264,7 @@ class StoreAssociation:
                 raise AssociationError("the destination released the association mid-request")
             if pdu_type != P_DATA:
                 raise AssociationError(f"unexpected PDU type 0x{pdu_type:02X} during C-STORE")
-            position = _HEADER.size
+            position = HEADER.size
             while position < len(raw):
                 (length,) = struct.unpack_from(">L", raw, position)
                 flags = raw[position + 5]
@@ -435,7 +294,7 @@ class StoreAssociation:
 
     def _answer_release(self, sock: socket.socket) -> None:
         with contextlib.suppress(OSError):
-            sock.sendall(_HEADER.pack(RELEASE_RP, 0, 4) + b"\0\0\0\0")
+            sock.sendall(HEADER.pack(RELEASE_RP, 0, 4) + b"\0\0\0\0")
         self._close()
 
     def release(self) -> None:
@@ -445,13 +304,13 @@ class StoreAssociation:
             return
         try:
             sock.settimeout(min(sock.gettimeout() or RELEASE_WAIT_S, RELEASE_WAIT_S))
-            sock.sendall(_HEADER.pack(RELEASE_RQ, 0, 4) + b"\0\0\0\0")
+            sock.sendall(HEADER.pack(RELEASE_RQ, 0, 4) + b"\0\0\0\0")
             while True:
-                pdu_type, _raw = _read_pdu(sock)
+                pdu_type, _raw = read_pdu(sock)
                 if pdu_type in (RELEASE_RP, ABORT):
                     break
                 if pdu_type == RELEASE_RQ:  # release collision (PS3.8 7.2.2)
-                    sock.sendall(_HEADER.pack(RELEASE_RP, 0, 4) + b"\0\0\0\0")
+                    sock.sendall(HEADER.pack(RELEASE_RP, 0, 4) + b"\0\0\0\0")
                     break
         except (OSError, AssociationError):
             pass
@@ -463,7 +322,7 @@ class StoreAssociation:
         if sock is None:
             return
         with contextlib.suppress(OSError):
-            sock.sendall(_HEADER.pack(ABORT, 0, 4) + b"\0\0\0\0")
+            sock.sendall(HEADER.pack(ABORT, 0, 4) + b"\0\0\0\0")
         self._close()
 
     def _close(self) -> None:
