@@ -176,3 +176,26 @@ def test_interval_delays_checks(folder: Path) -> None:
     assert live.current() is first  # not re-checked within the interval
     live.interval_s = 0
     assert decide(live.current(), ct()).destinations == {"research": "ct"}
+
+
+def test_a_kubernetes_configmap_update_is_picked_up(folder: Path) -> None:
+    """Rules mounted from a ConfigMap (the Helm chart): each file is a symlink through
+    ``..data`` to a timestamped folder, and an update swaps ``..data`` at once. The
+    hidden folders are not rule files; the swap is an edit."""
+
+    def publish(stamp: str, text: str) -> None:
+        version = folder / f"..{stamp}"
+        version.mkdir()
+        edit(version / "r.yaml", text)
+        link = folder / "..data_tmp"
+        link.symlink_to(version.name)
+        os.replace(link, folder / "..data")
+
+    publish("2026_11_27_08_00_00.1", CT_TO_PACS)
+    (folder / "r.yaml").symlink_to("..data/r.yaml")
+    recorder = Recorder()
+    live = LiveRuleset(folder, DESTS, on_reload=recorder, interval_s=0)
+    assert decide(live.current(), ct()).destinations == {"pacs": "ct"}
+    publish("2026_11_27_08_05_00.2", CT_TO_RESEARCH)
+    assert decide(live.current(), ct()).destinations == {"research": "ct"}
+    assert recorder.outcomes == ["loaded", "loaded"]
