@@ -137,7 +137,8 @@ def test_values_reach_the_manifests(tmp_path: Path) -> None:
         "existingRulesConfigMap=site-rules",
         values={"config": {"tls": {"cert": "/etc/dicom-router/tls/tls.crt",
                                    "key": "/etc/dicom-router/tls/tls.key",
-                                   "ca": "/etc/dicom-router/tls/ca.crt"}}},
+                                   "ca": "/etc/dicom-router/tls/ca.crt"}},
+                "extraEnv": [{"name": "ROUTER_LOG_LEVEL", "value": "DEBUG"}]},
     )  # fmt: skip
     scp = manifests[("Deployment", "rel-dicom-router-scp")]
     worker = manifests[("Deployment", "rel-dicom-router-worker")]
@@ -147,6 +148,8 @@ def test_values_reach_the_manifests(tmp_path: Path) -> None:
     assert volumes_of(worker)["spool"]["persistentVolumeClaim"]["claimName"] == "imaging-spool"
     assert ("ConfigMap", "rel-dicom-router-rules") not in manifests
     assert volumes_of(worker)["rules"]["configMap"]["name"] == "site-rules"
+    assert env_of(scp)["ROUTER_LOG_LEVEL"] == env_of(worker)["ROUTER_LOG_LEVEL"] == "DEBUG"
+    assert env_of(worker)["ROUTER_CONFIG"] == "/etc/dicom-router/router.yaml"
     assert volumes_of(scp)["tls"]["secret"]["secretName"] == "router-tls"
     assert mounts_of(scp)["tls"] == "/etc/dicom-router/tls"
     # The TLS listener: the config's port, the pod's port and the service's.
@@ -179,6 +182,7 @@ def test_a_config_change_restarts_the_pods_and_a_rules_change_does_not() -> None
         (["scp.port=104"], "scp.port"),  # pods run unprivileged; the Service maps 104
         (["config.broker_url=amqp://rabbit"], "config.broker_url"),
         (["spool.accessMode=ReadMany"], "spool.accessMode"),
+        (["extraEnv[0].name=ROUTER-SALT"], "extraEnv.0.name"),
     ],
 )
 def test_wrong_values_are_refused_naming_the_key(values: Sequence[str], named: str) -> None:

@@ -76,6 +76,9 @@ that is gone is still sent by the others.
       fieldPath: metadata.name
 - name: ROUTER_AUDIT__FILE
   value: /var/lib/dicom-router/audit/$(POD_NAME).jsonl
+{{- with .Values.extraEnv }}
+{{ toYaml . }}
+{{- end }}
 {{- end -}}
 
 {{- define "dicom-router.volumeMounts" -}}
