@@ -43,6 +43,9 @@ pytestmark = [
 ]
 
 VENV_BIN = Path(sys.executable).parent
+KEEP_VISIBLE = sorted({Path(__file__).resolve().parents[2], Path(sys.prefix).resolve()})
+"""The project and its virtual env: the pod runs this code, wherever it lies (a
+checkout under /tmp must stay visible once the emptyDir covers /tmp)."""
 Manifests = dict[tuple[str, str], Manifest]
 
 
@@ -86,7 +89,12 @@ def _mount_script(deployment: Manifest, sources: dict[str, Path], work: Path) ->
             mounts.append(f"mkdir -p {shlex.quote(str(made))}")
             if not source.is_dir():
                 mounts.append(f": > {shlex.quote(str(target))}")
-        mounts.append(f"mount --bind {shlex.quote(str(source))} {shlex.quote(str(target))}")
+        hidden = [path for path in KEEP_VISIBLE if path.is_relative_to(target)]
+        for path in hidden:  # shown again inside the mount, which then carries them
+            inside = shlex.quote(str(source / path.relative_to(target)))
+            mounts.append(f"mkdir -p {inside} && mount --bind {shlex.quote(str(path))} {inside}")
+        bind = "--rbind" if hidden else "--bind"
+        mounts.append(f"mount {bind} {shlex.quote(str(source))} {shlex.quote(str(target))}")
     # This machine's Python lives under /root: let the pod's user reach it.
     overlay(Path("/root"))
     lines = ["set -eu", *overlays, "chmod 711 /root", *mounts]
