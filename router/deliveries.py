@@ -56,11 +56,12 @@ def delivered_key(destination: str, sop_instance_uid: str, digest: str) -> str:
     return f"{PREFIX}delivered:{destination}:{sop_instance_uid}:{digest}"
 
 
-def _counts(record: object, spool_key: str, same_reception_only: bool) -> bool:
-    """Whether a delivery record (its value: the spool key delivered) makes a send redundant."""
+def _counts(record: object, reception: str | None) -> bool:
+    """Whether a delivery record (its value: the spool key delivered) makes a send
+    redundant; with ``reception``, only a record of that spool key does."""
     if record is None:
         return False
-    return not same_reception_only or record in (spool_key, spool_key.encode())
+    return reception is None or record in (reception, reception.encode())
 
 
 class Deliveries:
@@ -106,7 +107,7 @@ class Deliveries:
         return {
             dest
             for (dest, _uid, _digest), record in zip(check, found, strict=True)
-            if _counts(record, spool_key, dest in resend_identical)
+            if _counts(record, spool_key if dest in resend_identical else None)
         }
 
     def retrying(self, spool_key: str, destination: str, due: float) -> None:
@@ -140,7 +141,7 @@ class Deliveries:
         """True if this content reached ``destination`` before; with ``spool_key``,
         only a delivery of that same reception counts (``resend_identical``)."""
         record = self.redis.get(delivered_key(destination, sop_instance_uid, digest))
-        return _counts(record, spool_key or "", spool_key is not None)
+        return _counts(record, spool_key)
 
     def delivered(
         self, spool_key: str, destination: str, sop_instance_uid: str, digest: str

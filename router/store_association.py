@@ -49,6 +49,7 @@ from router.upper_layer import (
     RELEASE_RQ,
     AssociationError,
     acceptance,
+    control_pdu,
     only_tls_housekeeping,
     read_pdu,
     read_pdu_steps,
@@ -294,7 +295,7 @@ class StoreAssociation:
 
     def _answer_release(self, sock: socket.socket) -> None:
         with contextlib.suppress(OSError):
-            sock.sendall(HEADER.pack(RELEASE_RP, 0, 4) + b"\0\0\0\0")
+            sock.sendall(control_pdu(RELEASE_RP))
         self._close()
 
     def release(self) -> None:
@@ -304,13 +305,13 @@ class StoreAssociation:
             return
         try:
             sock.settimeout(min(sock.gettimeout() or RELEASE_WAIT_S, RELEASE_WAIT_S))
-            sock.sendall(HEADER.pack(RELEASE_RQ, 0, 4) + b"\0\0\0\0")
+            sock.sendall(control_pdu(RELEASE_RQ))
             while True:
                 pdu_type, _raw = read_pdu(sock)
                 if pdu_type in (RELEASE_RP, ABORT):
                     break
                 if pdu_type == RELEASE_RQ:  # release collision (PS3.8 7.2.2)
-                    sock.sendall(HEADER.pack(RELEASE_RP, 0, 4) + b"\0\0\0\0")
+                    sock.sendall(control_pdu(RELEASE_RP))
                     break
         except (OSError, AssociationError):
             pass
@@ -322,7 +323,7 @@ class StoreAssociation:
         if sock is None:
             return
         with contextlib.suppress(OSError):
-            sock.sendall(HEADER.pack(ABORT, 0, 4) + b"\0\0\0\0")
+            sock.sendall(control_pdu(ABORT))
         self._close()
 
     def _close(self) -> None:

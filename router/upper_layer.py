@@ -42,6 +42,12 @@ _MIN_ASSOCIATE_AC = 6 + 68
 HEADER = struct.Struct(">BBL")
 
 
+def control_pdu(pdu_type: int) -> bytes:
+    """An A-RELEASE-RQ, A-RELEASE-RP or A-ABORT (source: service user, no reason):
+    the header and four bytes of zeros (PS3.8 9.3.6-9.3.8)."""
+    return HEADER.pack(pdu_type, 0, 4) + b"\0\0\0\0"
+
+
 class AssociationError(Exception):
     """The association could not be set up, or broke; ``reason`` says how."""
 
