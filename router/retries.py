@@ -67,11 +67,25 @@ class RetrySchedule:
         return self._enqueue_all(self.redis.lrange(MOVING, 0, -1), enqueue)  # type: ignore[arg-type]
 
     def _enqueue_all(self, raws: list[bytes], enqueue: Enqueue) -> int:
-        for raw in raws:
+        for done, raw in enumerate(raws):
             entry = json.loads(raw)
-            enqueue(entry["key"], entry["destination"], entry["meta"], int(entry["attempt"]))
+            try:
+                enqueue(entry["key"], entry["destination"], entry["meta"], int(entry["attempt"]))
+            except Exception:
+                self._put_back(raws[done:])
+                raise
             self.redis.lrem(MOVING, 1, raw)  # type: ignore[arg-type]
         return len(raws)
+
+    def _put_back(self, raws: list[bytes]) -> None:
+        """Entries that could not be queued are due again at once, not stranded in the
+        moving list until a pump starts (Redis answers while the queue does not: a
+        kombu error, say). If Redis does not answer either, they stay there."""
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.zadd(SCHEDULED, dict.fromkeys(raws, time.time()))
+        for raw in raws:
+            pipe.lrem(MOVING, 1, raw)  # type: ignore[arg-type]
+        pipe.execute()
 
 
 def run_pump(
@@ -80,15 +94,20 @@ def run_pump(
     stop: threading.Event,
     on_error: Callable[[Exception], None],
 ) -> None:
-    """Pump until ``stop`` is set; broker errors are reported and retried."""
+    """Pump until ``stop`` is set; every error is reported and the pump goes on.
+
+    Any error, not only Redis's: queueing goes through kombu, whose errors are its
+    own, and a pump thread that died would leave every retry of this process's
+    share unsent until a restart, with no delivery ever reaching its last attempt.
+    """
     try:
         schedule.recover(enqueue)
-    except redis.RedisError as exc:
+    except Exception as exc:
         on_error(exc)
     while not stop.wait(PUMP_INTERVAL_S):
         try:
             schedule.pump(enqueue)
-        except redis.RedisError as exc:
+        except Exception as exc:
             on_error(exc)
 
 
