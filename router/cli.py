@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime as dt
 import os
 import re
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from router.config import (
     ConfigError,
@@ -26,7 +27,12 @@ from router.config import (
 )
 from router.logs import configure_logging
 
-_TARGET = re.compile(r"^(?P<aet>[^@]{1,16})@(?P<host>[^:]+):(?P<port>\d{1,5})$")
+if TYPE_CHECKING:
+    from router.rules.loader import Ruleset
+
+_TARGET = re.compile(r"^(?P<aet>[^@]+)@(?P<host>[^:]+):(?P<port>\d{1,5})$")
+_MAX_AE_TITLE = 16
+DEFAULT_AE_TITLE: str = RouterConfig.model_fields["ae_title"].default
 
 EXIT_OK = 0
 EXIT_PROBLEMS = 1
@@ -122,7 +128,14 @@ def cmd_echo(args: argparse.Namespace) -> int:
 
     target: str = args.target
     match = _TARGET.match(target)
-    calling = "ROUTER"
+    calling = DEFAULT_AE_TITLE
+    if match and len(match["aet"]) > _MAX_AE_TITLE:
+        print(
+            f"dicom-router echo: AE title {match['aet']!r} is longer than "
+            f"{_MAX_AE_TITLE} characters",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
     if match:
         peer = Peer(match["aet"], match["host"], int(match["port"]), timeout=args.timeout)
         with contextlib.suppress(ConfigError):
@@ -150,23 +163,34 @@ def cmd_echo(args: argparse.Namespace) -> int:
     return EXIT_OK if ok else EXIT_PROBLEMS
 
 
+class _Rules(NamedTuple):
+    """A loaded ruleset with what the rule commands need from the config."""
+
+    ruleset: Ruleset
+    salt: bytes
+    ae_title: str
+    """The router's own AE title: the called AE of a dry run unless told otherwise."""
+
+
 def _ruleset_for(
     args: argparse.Namespace, path: str | None, check_salt: bool = True
-) -> tuple[Any, bytes] | int:
+) -> _Rules | int:
     """Load the rules named on the command line or in the config; print problems.
 
-    Returns (ruleset, salt), or an exit code when config or rules are invalid. Without
-    a config file, rules are checked on their own (no destination names to verify).
+    Returns the rules, or an exit code when config or rules are invalid. Without a
+    config file, rules are checked on their own (no destination names to verify).
     """
     from router.rules.loader import RulesetError, load_ruleset
 
     destinations = None
     salt: bytes | None = None
+    ae_title = DEFAULT_AE_TITLE
     rules_path = Path(path) if path else None
     try:
         cfg = load_config(args.config)
         destinations = destination_syntaxes(cfg)
         salt = load_salt(cfg)
+        ae_title = cfg.ae_title
         rules_path = rules_path or cfg.rules
     except ConfigError as exc:
         if path is None or config_path(args.config).exists():
@@ -180,14 +204,14 @@ def _ruleset_for(
         for problem in exc.problems:
             print(problem)
         return EXIT_PROBLEMS
-    return ruleset, salt or b""
+    return _Rules(ruleset, salt or b"", ae_title)
 
 
 def cmd_rules_lint(args: argparse.Namespace) -> int:
     loaded = _ruleset_for(args, args.path)
     if isinstance(loaded, int):
         return loaded
-    ruleset, _salt = loaded
+    ruleset = loaded.ruleset
     print(
         f"ok: {len(ruleset.rules)} rules in {len(ruleset.files)} files, version {ruleset.version}"
     )
@@ -195,20 +219,27 @@ def cmd_rules_lint(args: argparse.Namespace) -> int:
 
 
 def cmd_rules_test(args: argparse.Namespace) -> int:
-    from router.rules.ruletests import run_tests, test_files
+    """Run rule tests; a test file named on its own runs against the rules of its folder."""
+    from router.rules.ruletests import is_test_file, run_tests, test_files
 
-    loaded = _ruleset_for(args, args.path, check_salt=False)  # tests use a test salt
+    named = Path(args.path) if args.path else None
+    single = named is not None and is_test_file(named)
+    rules_path = str(named.parent) if named is not None and single else args.path
+    loaded = _ruleset_for(args, rules_path, check_salt=False)  # tests use a test salt
     if isinstance(loaded, int):
         return loaded
-    ruleset, salt = loaded
-    where = Path(args.path) if args.path else Path(ruleset.files[0]).parent
-    files = test_files(where)
-    results = run_tests(files, ruleset, salt)
+    where = named or Path(loaded.ruleset.files[0]).parent
+    files = [where] if single else test_files(where)
+    results = run_tests(files, loaded.ruleset, loaded.salt, loaded.ae_title)
     for result in results:
+        for problem in result.problems:
+            print(problem)
         if result.passed:
             print(f"ok   {result.file}:{result.line}: {result.name}")
         for failure in result.failures:
             print(f"FAIL {result.file}:{result.line}: {result.name}: {failure}")
+        if result.problems and not result.failures:
+            print(f"FAIL {result.file}:{result.line}: {result.name}: the case is written wrongly")
     failed = sum(1 for r in results if not r.passed)
     print(f"rules test: {len(results) - failed} passed, {failed} failed")
     if not files:
@@ -223,20 +254,41 @@ def cmd_rules_reference(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _unreadable(exc: Exception) -> str:
+    """Why a DICOM file cannot be read, from the kind of error only (never its values)."""
+    from pydicom.errors import InvalidDicomError
+
+    if isinstance(exc, OSError):
+        return exc.strerror or type(exc).__name__
+    if isinstance(exc, InvalidDicomError):
+        return "not a DICOM file (no DICM prefix)"
+    return f"not a readable DICOM file ({type(exc).__name__})"
+
+
 def cmd_rules_explain(args: argparse.Namespace) -> int:
     from pydicom import dcmread
 
     from router.rules import InstanceView
+    from router.rules.actions import ActionError
     from router.rules.ruletests import explain
 
     loaded = _ruleset_for(args, args.rules, check_salt=False)
     if isinstance(loaded, int):
         return loaded
-    ruleset, salt = loaded
-    dataset = dcmread(args.file, stop_before_pixels=True)
-    view = InstanceView(dataset, calling_ae=args.calling_ae, called_ae="ROUTER",
+    try:
+        dataset = dcmread(args.file, stop_before_pixels=True)
+    except Exception as exc:  # any failure to parse the operator's file is one line
+        print(f"{args.file}: cannot read: {_unreadable(exc)}", file=sys.stderr)
+        return EXIT_PROBLEMS
+    called = args.called_ae or loaded.ae_title
+    view = InstanceView(dataset, calling_ae=args.calling_ae, called_ae=called,
                         peer_ip=args.peer_ip)  # fmt: skip
-    for line in explain(ruleset, view, salt):
+    try:
+        lines = explain(loaded.ruleset, view, loaded.salt)
+    except ActionError as exc:
+        print(f"{args.file}: {exc}", file=sys.stderr)
+        return EXIT_PROBLEMS
+    for line in lines:
         print(line)
     return EXIT_OK
 
@@ -265,9 +317,30 @@ def cmd_status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_deadletter(args: argparse.Namespace) -> int:
-    import time
+def _utc(epoch: float) -> str:
+    """An epoch time as ISO 8601 UTC: unambiguous whichever zone the operator is in."""
+    return dt.datetime.fromtimestamp(epoch, dt.UTC).isoformat(timespec="seconds")
 
+
+def _shown_value(name: str, value: Any) -> str:
+    """How ``deadletter show`` prints one field: ``*_at`` epoch times as ISO 8601 UTC."""
+    if name.endswith("_at") and isinstance(value, int | float) and not isinstance(value, bool):
+        return _utc(value)
+    return str(value)
+
+
+def _show_letter(letter: Any) -> None:
+    """Every field on its own line; ``meta`` indented, so nested times read the same."""
+    for name, value in vars(letter).items():
+        if name == "meta" and isinstance(value, dict):
+            print("meta:")
+            for key, item in value.items():
+                print(f"  {key}: {_shown_value(key, item)}")
+        else:
+            print(f"{name}: {_shown_value(name, value)}")
+
+
+def cmd_deadletter(args: argparse.Namespace) -> int:
     import redis
 
     from router import redelivery
@@ -284,7 +357,7 @@ def cmd_deadletter(args: argparse.Namespace) -> int:
         if args.action == "list":
             letters = store.list()
             for letter in letters:
-                when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(letter.dead_at))
+                when = _utc(letter.dead_at)
                 status = f"{letter.reason}: {letter.last_status}"
                 print(
                     f"{letter.id}  {when}  {letter.destination:16}  "
@@ -298,13 +371,14 @@ def cmd_deadletter(args: argparse.Namespace) -> int:
                 if found is None:
                     print(f"no dead letter {letter_id}", file=sys.stderr)
                     return EXIT_PROBLEMS
-                for name, value in vars(found).items():
-                    print(f"{name}: {value}")
+                _show_letter(found)
             return EXIT_OK
         if not args.ids and not args.all:
             print(f"deadletter {args.action}: name IDs or --all", file=sys.stderr)
             return EXIT_USAGE
         taken = redelivery.take_all(store, args.ids, args.all)
+        if args.all and not taken:
+            print("no dead letters")
         deliveries = Deliveries(client)
         for letter in taken:
             if args.action == "retry":
@@ -322,19 +396,84 @@ def cmd_deadletter(args: argparse.Namespace) -> int:
         return EXIT_PROBLEMS
 
 
+def _add_common_options(parser: argparse.ArgumentParser, default: Any) -> None:
+    parser.add_argument(
+        "--config", default=default, help="config file (default $ROUTER_CONFIG or ./router.yaml)"
+    )
+    parser.add_argument(
+        "--log-level",
+        default=default,
+        help="DEBUG, INFO, WARNING or ERROR (default: the config's log_level)",
+    )
+
+
+def _common_options() -> argparse.ArgumentParser:
+    """The top-level options again, for every subcommand: ``rules lint --config X`` works.
+
+    Their default is SUPPRESS, so a value given after the subcommand wins and one
+    given before it (``--config X rules lint``) is not overwritten by a default.
+    """
+    parent = argparse.ArgumentParser(add_help=False)
+    _add_common_options(parent, argparse.SUPPRESS)
+    return parent
+
+
+def _add_rules_commands(sub: Any, common: argparse.ArgumentParser) -> None:
+    rules = sub.add_parser("rules", parents=[common], help="lint, test and explain rule files")
+    rules_sub = rules.add_subparsers(dest="rules_command", required=True)
+    lint = rules_sub.add_parser("lint", parents=[common], help="validate rule files and the config")
+    lint.add_argument("path", nargs="?")
+    lint.set_defaults(func=cmd_rules_lint)
+    reference = rules_sub.add_parser(
+        "reference", parents=[common], help="print the rule file reference"
+    )
+    reference.set_defaults(func=cmd_rules_reference)
+    test = rules_sub.add_parser(
+        "test",
+        parents=[common],
+        help="run the *_test.yaml rule tests (a folder, rule or test file)",
+    )
+    test.add_argument("path", nargs="?")
+    test.set_defaults(func=cmd_rules_test)
+    explain = rules_sub.add_parser(
+        "explain", parents=[common], help="dry-run the rules on a DICOM file"
+    )
+    explain.add_argument("file")
+    explain.add_argument("--calling-ae", default="")
+    explain.add_argument(
+        "--called-ae", default=None, help="the called AE title (default: the config's ae_title)"
+    )
+    explain.add_argument("--peer-ip", default="")
+    explain.add_argument("--rules", help="rule file or folder (default: the config's)")
+    explain.set_defaults(func=cmd_rules_explain)
+
+
+def _add_deadletter_commands(sub: Any, common: argparse.ArgumentParser) -> None:
+    deadletter = sub.add_parser(
+        "deadletter", parents=[common], help="list, show, retry or purge dead letters"
+    )
+    deadletter.set_defaults(func=cmd_deadletter, ids=[], all=False)
+    actions = deadletter.add_subparsers(dest="action", required=True)
+    actions.add_parser("list", parents=[common], help="every dead letter, oldest first")
+    show = actions.add_parser("show", parents=[common], help="every field of dead letters")
+    show.add_argument("ids", nargs="+", metavar="ID")
+    for name, verb in (("retry", "send again"), ("purge", "drop")):
+        action = actions.add_parser(name, parents=[common], help=f"{verb} dead letters")
+        action.add_argument("ids", nargs="*", metavar="ID")
+        action.add_argument("--all", action="store_true", help=f"{verb} every one")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dicom-router", description=__doc__.splitlines()[0])
-    parser.add_argument("--config", help="config file (default $ROUTER_CONFIG or ./router.yaml)")
-    parser.add_argument(
-        "--log-level", help="DEBUG, INFO, WARNING or ERROR (default: the config's log_level)"
-    )
+    _add_common_options(parser, None)
+    common = _common_options()
     sub = parser.add_subparsers(dest="command", required=True)
 
-    serve = sub.add_parser("serve", help="run the SCP and the metrics endpoint")
+    serve = sub.add_parser("serve", parents=[common], help="run the SCP and the metrics endpoint")
     serve.add_argument("--workers", type=int, default=0, help="also run N worker processes")
     serve.set_defaults(func=cmd_serve)
 
-    worker = sub.add_parser("worker", help="run a routing/forwarding worker")
+    worker = sub.add_parser("worker", parents=[common], help="run a routing/forwarding worker")
     worker.add_argument("--concurrency", type=int, default=2)
     worker.add_argument(
         "--metrics-port", type=int, default=None,
@@ -342,35 +481,19 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     worker.set_defaults(func=cmd_worker)
 
-    echo = sub.add_parser("echo", help="C-ECHO a destination name or AET@host:port")
+    echo = sub.add_parser(
+        "echo", parents=[common], help="C-ECHO a destination name or AET@host:port"
+    )
     echo.add_argument("target")
     echo.add_argument("--timeout", type=float, default=10.0)
     echo.set_defaults(func=cmd_echo)
 
-    rules = sub.add_parser("rules", help="lint and explain rule files")
-    rules_sub = rules.add_subparsers(dest="rules_command", required=True)
-    lint = rules_sub.add_parser("lint", help="validate rule files and the config")
-    lint.add_argument("path", nargs="?")
-    lint.set_defaults(func=cmd_rules_lint)
-    reference = rules_sub.add_parser("reference", help="print the rule file reference")
-    reference.set_defaults(func=cmd_rules_reference)
-    test = rules_sub.add_parser("test", help="run the *_test.yaml rule tests")
-    test.add_argument("path", nargs="?")
-    test.set_defaults(func=cmd_rules_test)
-    explain = rules_sub.add_parser("explain", help="dry-run the rules on a DICOM file")
-    explain.add_argument("file")
-    explain.add_argument("--calling-ae", default="")
-    explain.add_argument("--peer-ip", default="")
-    explain.add_argument("--rules", help="rule file or folder (default: the config's)")
-    explain.set_defaults(func=cmd_rules_explain)
+    _add_rules_commands(sub, common)
+    _add_deadletter_commands(sub, common)
 
-    deadletter = sub.add_parser("deadletter", help="list, show, retry or purge dead letters")
-    deadletter.add_argument("action", choices=["list", "show", "retry", "purge"])
-    deadletter.add_argument("ids", nargs="*", metavar="ID")
-    deadletter.add_argument("--all", action="store_true", help="retry or purge every one")
-    deadletter.set_defaults(func=cmd_deadletter)
-
-    status = sub.add_parser("status", help="per-destination state, queues, workers, ruleset")
+    status = sub.add_parser(
+        "status", parents=[common], help="per-destination state, queues, workers, ruleset"
+    )
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(func=cmd_status)
     return parser

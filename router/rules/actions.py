@@ -35,6 +35,20 @@ _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 _TEXT_VRS = {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM",
              "UC", "UI", "UR", "UT"}  # fmt: skip
 _MAX_LENGTH = {"AE": 16, "CS": 16, "SH": 16, "LO": 64, "PN": 64, "UI": 64, "DS": 16, "IS": 12}
+_NUMBER_SYNTAX = {
+    "DS": re.compile(r"^ *[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)? *$"),
+    "IS": re.compile(r"^ *[+-]?\d+ *$"),
+}
+_IS_RANGE = range(-(2**31), 2**31)
+_PRIVATE_BLOCK_FIRST = 0x10
+
+
+class ActionError(ValueError):
+    """An action cannot store its result; the message never carries the value.
+
+    pydicom's own error for a bad number quotes the value, which may be a patient's
+    data; this one names only the action, the element and its VR, so it can be logged.
+    """
 
 
 @dataclass(frozen=True)
@@ -120,7 +134,34 @@ def _values(elem: DataElement) -> list[Any]:
     return [value]
 
 
-def _store(ds: Dataset, target: _Target, values: list[str]) -> None:
+def is_number_text(text: str, vr: str) -> bool:
+    """Whether ``text`` (one value, or several joined by backslashes) is a valid DS or IS.
+
+    The check follows PS3.5 (syntax and maximum length), so pydicom never has to
+    refuse, or warn about, a value: both would quote it.
+    """
+    syntax = _NUMBER_SYNTAX[vr]
+    for value in text.split("\\"):
+        if value.strip() == "":
+            continue
+        if len(value) > _MAX_LENGTH[vr] or not syntax.match(value):
+            return False
+        if vr == "IS" and int(value) not in _IS_RANGE:
+            return False
+    return True
+
+
+def _number_error(verb: str, target: _Target, vr: str) -> str:
+    article = "an" if vr == "IS" else "a"
+    return f"{verb}: the value for {target.name} is not {article} {vr} number"
+
+
+def _store(ds: Dataset, target: _Target, values: list[str], verb: str) -> None:
+    """Write ``values`` into the target, refusing numbers that DS/IS cannot hold."""
+    present = ds.get(target.tag)
+    vr = str(present.VR) if present is not None else target.vr
+    if vr in _NUMBER_SYNTAX and not all(is_number_text(v, vr) for v in values):
+        raise ActionError(_number_error(verb, target, vr))
     value: Any = values[0] if len(values) == 1 else values
     if target.tag in ds:
         ds[target.tag].value = value
@@ -196,26 +237,64 @@ def _compile_set(spec: Any, line: int, errors: CompileErrors) -> list[Apply]:
         if target.vr not in _TEXT_VRS and not target.tag.is_private:
             errors.add(key_line, f"set: {key} has VR {target.vr}; only text values can be set")
             continue
-        render = _compile_template(_yaml_scalar_text(raw, target.vr), key_line, errors)
-        if render is None:
+        text = _yaml_scalar_text(raw, target.vr)
+        render = _compile_template(text, key_line, errors)
+        if render is None or not _literal_fits(text, target, key_line, errors):
             continue
 
         def apply(ds: Dataset, ctx: ActionContext, t: _Target = target, r: Any = render) -> None:
-            _store(ds, t, [r(ds, ctx)])
+            _store(ds, t, [r(ds, ctx)], "set")
 
         steps.append(apply)
     return steps
 
 
+def _literal_fits(text: str, target: _Target, line: int, errors: CompileErrors) -> bool:
+    """A literal set into a DS or IS must be a number: said by lint, not at the first instance.
+
+    A template with placeholders is only known per instance; ``_store`` checks that.
+    """
+    if target.vr not in _NUMBER_SYNTAX:
+        return True
+    parsed = list(string.Formatter().parse(text))
+    if any(name is not None for _literal, name, _spec, _conv in parsed):
+        return True
+    if is_number_text("".join(literal for literal, *_rest in parsed), target.vr):
+        return True
+    errors.add(line, _number_error("set", target, target.vr))
+    return False
+
+
 # --- delete ---------------------------------------------------------------------------
+def _pattern_matcher(group: str, element: str) -> Callable[[int], bool]:
+    """A tag pattern in which each ``x`` is any hex digit, read the way DICOM writes tags.
+
+    In an odd (private) group, ``xx`` as the high byte of the element number stands
+    for a private block, 10-FF: ``(0009,xx10)`` is element 10 of every block,
+    (0009,1010) to (0009,FF10), and never a private creator (0009,0010)-(0009,00FF)
+    nor (0009,0000)-(0009,000F), so deleting a private element keeps its creator.
+    ``(gggg,xxxx)`` is the whole group, creators included.
+    """
+    group, element = group.lower(), element.lower()
+    pattern = group + element
+    mask = int("".join("0" if c == "x" else "f" for c in pattern), 16)
+    value = int(pattern.replace("x", "0"), 16)
+    in_blocks = element.startswith("xx") and element != "xxxx"
+
+    def matches(tag: int) -> bool:
+        if tag & mask != value:
+            return False
+        private = bool(tag >> 16 & 1)
+        return not (in_blocks and private and (tag >> 8 & 0xFF) < _PRIVATE_BLOCK_FIRST)
+
+    return matches
+
+
 def _tag_matcher(text: Any, line: int, errors: CompileErrors) -> Callable[[int], bool] | None:
     if isinstance(text, str):
         match = _TAG_PATTERN.match(text)
         if match and "x" in text.lower():
-            pattern = (match.group(1) + match.group(2)).lower()
-            mask = int("".join("0" if c == "x" else "f" for c in pattern), 16)
-            value = int(pattern.replace("x", "0"), 16)
-            return lambda tag: (tag & mask) == value
+            return _pattern_matcher(match.group(1), match.group(2))
         tag = resolve_element(text)
         if tag is not None:
             wanted = int(tag)
@@ -262,7 +341,7 @@ def _compile_rewrite(spec: Any, line: int, errors: CompileErrors) -> list[Apply]
     def apply(ds: Dataset, ctx: ActionContext, t: _Target = target) -> None:
         elem = ds.get(t.tag)
         if elem is not None and _values(elem):
-            _store(ds, t, [pattern.sub(replacement, str(v)) for v in _values(elem)])
+            _store(ds, t, [pattern.sub(replacement, str(v)) for v in _values(elem)], "rewrite")
 
     return [apply]
 
@@ -279,7 +358,7 @@ def _compile_copy(spec: Any, line: int, errors: CompileErrors) -> list[Apply]:
     def apply(ds: Dataset, ctx: ActionContext, s: _Target = source, t: _Target = target) -> None:
         elem = ds.get(s.tag)
         if elem is not None:
-            _store(ds, t, [str(v) for v in _values(elem)] or [""])
+            _store(ds, t, [str(v) for v in _values(elem)] or [""], "copy")
 
     return [apply]
 
@@ -296,13 +375,17 @@ def _compile_hash(spec: Any, line: int, errors: CompileErrors) -> list[Apply]:
             return []
     items = items if isinstance(items, list) else [items]
     targets = [t for t in (_text_target(i, line, errors, "hash") for i in items) if t is not None]
+    for t in targets:
+        if t.vr in _NUMBER_SYNTAX:  # a hash is hex text: it would fail on every instance
+            errors.add(line, f"hash: {t.name} has VR {t.vr}; a hash is text, not a number")
+            return []
 
     def apply(ds: Dataset, ctx: ActionContext) -> None:
         for t in targets:
             elem = ds.get(t.tag)
             if elem is not None and _values(elem):
                 size = min(length, _MAX_LENGTH.get(t.vr, 64))
-                _store(ds, t, [hash_text(str(v), ctx.salt, size) for v in _values(elem)])
+                _store(ds, t, [hash_text(str(v), ctx.salt, size) for v in _values(elem)], "hash")
 
     return [apply] if targets else []
 
@@ -346,7 +429,7 @@ def _compile_uid_remap(spec: Any, line: int, errors: CompileErrors) -> list[Appl
         for t in targets:
             elem = ds.get(t.tag)
             if elem is not None and _values(elem):
-                _store(ds, t, [remap_uid(str(v), ctx.salt) for v in _values(elem)])
+                _store(ds, t, [remap_uid(str(v), ctx.salt) for v in _values(elem)], "uid_remap")
         _sync_file_meta(ds)
 
     return [apply] if targets else []

@@ -240,6 +240,8 @@ def load_ruleset(
             problems.append(exc)
             continue
         if tree is None:
+            if not path.is_dir():  # one file named: say what is wrong with it
+                problems.append(SourceError(file, 1, "the file is empty (no rules)"))
             continue
         if not isinstance(tree, LineDict):
             problems.append(SourceError(file, 1, "a rule file is a mapping with a 'rules' list"))

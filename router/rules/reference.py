@@ -36,10 +36,10 @@ OPERATOR_DOCS: dict[str, tuple[str, str]] = {
 }  # fmt: skip
 
 ACTION_DOCS: dict[str, tuple[str, str]] = {
-    "set": ("set elements to a text; `{Keyword}` and `{calling_ae}`, `{called_ae}`, "
-            "`{peer_ip}` are replaced",
+    "set": ("set elements to a text (a number for DS and IS elements); `{Keyword}` and "
+            "`{calling_ae}`, `{called_ae}`, `{peer_ip}` are replaced",
             'set: {InstitutionName: "GH", StationName: "{calling_ae}"}'),
-    "delete": ("remove elements: keywords, tags, or tag patterns with `x` wildcards",
+    "delete": ("remove elements: keywords, tags, or tag patterns (see Tag patterns below)",
                'delete: [OtherPatientIDs, "(0009,xxxx)", "(0019,xx10)"]'),
     "rewrite": ("regular-expression replace in each value of an element",
                 'rewrite: {tag: AccessionNumber, pattern: "^(\\\\d+)$", replace: "GH\\\\1"}'),
@@ -110,6 +110,19 @@ def render() -> str:
         "| action | effect | example |",
         "|---|---|---|",
         *[f"| `{a}` | {ACTION_DOCS[a][0]} | `{ACTION_DOCS[a][1]}` |" for a in ACTIONS],
+        "",
+        "## Tag patterns",
+        "",
+        "`delete` also takes tag patterns, in which `x` is any hex digit:",
+        "",
+        "- `(gggg,xxxx)`: every element of the group, private creators included",
+        "  (`(0009,xxxx)`);",
+        "- in an odd (private) group, `xx` as the high byte of the element number stands",
+        "  for a private block, `10` to `FF`, as DICOM writes private tags `(gggg,xxee)`:",
+        "  `(0009,xx10)` matches (0009,1010), (0009,1110), ..., (0009,FF10), and never a",
+        "  private creator (0009,0010)-(0009,00FF) nor (0009,0000)-(0009,000F);",
+        "- anywhere else an `x` is any hex digit: `(60xx,3000)` is the overlay data of",
+        "  every overlay group, `(50xx,xxxx)` every curve group.",
         "",
         "## Transfer syntax names",
         "",

@@ -17,8 +17,10 @@ from pydicom.uid import UID, CTImageStorage, ExplicitVRLittleEndian
 
 from router.rules.actions import (
     ActionContext,
+    ActionError,
     CompiledActions,
     compile_actions,
+    is_number_text,
 )
 from router.rules.conditions import CompileErrors, Problem
 from router.rules.keyed import UID_ROOT
@@ -161,6 +163,77 @@ def test_set_errors_are_located() -> None:
     assert "Rows has VR US" in messages[3]
 
 
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("- set: {SeriesNumber: '{PatientID}'}", "set: the value for SeriesNumber is not an IS"),
+        ("- set: {SliceThickness: '{PatientID}'}", "set: the value for SliceThickness is not a DS"),
+        ("- copy: {from: PatientID, to: SeriesNumber}",
+         "copy: the value for SeriesNumber is not an IS"),
+        (r"- rewrite: {tag: SliceThickness, pattern: '^(.*)$', replace: 'X\1'}",
+         "rewrite: the value for SliceThickness is not a DS"),
+    ],
+)  # fmt: skip
+def test_text_into_a_number_element_is_refused_without_the_value(text: str, message: str) -> None:
+    ds = dataset(PatientID="DOE-4711", SliceThickness="1.5")
+    with pytest.raises(ActionError) as info:
+        applied(text, ds)
+    assert str(info.value) == message + " number"
+    assert "4711" not in str(info.value) and "1.5" not in str(info.value)
+    assert isinstance(info.value, ValueError)  # callers catching ValueError still do
+
+
+def test_number_into_an_existing_element_is_checked_against_its_own_vr() -> None:
+    ds = dataset(PatientID="PID-1")
+    ds.add_new(0x00091001, "IS", "7")  # private, so the dictionary does not know it
+    with pytest.raises(ActionError, match=r"^copy: the value for \(0009,1001\) is not an IS"):
+        applied("- copy: {from: PatientID, to: '(0009,1001)'}", ds)
+
+
+def test_numbers_are_stored_and_only_numbers() -> None:
+    valid = [("SeriesNumber", "12"), ("SeriesNumber", " -3 "), ("SliceThickness", "1.25"),
+             ("SliceThickness", "-.5E+3"), ("SliceThickness", "1\\2.5"),
+             ("SliceThickness", "")]  # fmt: skip
+    for keyword, value in valid:
+        ds = applied(f"- set: {{{keyword}: '{{StudyID}}'}}", dataset(StudyID=value))
+        assert keyword in ds, (keyword, value)
+    with pytest.raises(ActionError):
+        applied("- set: {SliceThickness: '{StudyID}'}", dataset(StudyID="1.2.3"))
+
+
+@pytest.mark.parametrize(
+    ("vr", "text", "valid"),
+    [
+        ("IS", "2147483647", True), ("IS", "2147483648", False), ("IS", "1.0", False),
+        ("IS", "1_000", False), ("IS", "1234567890123", False),
+        ("DS", "1e3", True), ("DS", "1.", True), ("DS", "nan", False), ("DS", "inf", False),
+        ("DS", "0x10", False), ("DS", "12345678901234567", False), ("DS", "1\\a", False),
+    ],
+)  # fmt: skip
+def test_is_number_text_follows_ps3_5(vr: str, text: str, valid: bool) -> None:
+    assert is_number_text(text, vr) is valid
+
+
+def test_lint_refuses_a_literal_non_number_for_ds_and_is() -> None:
+    text = """\
+    - set:
+        SeriesNumber: "twelve"
+        SliceThickness: 1.5.2
+        InstanceNumber: 3
+        ImagesInAcquisition: "{StudyID}"
+    """
+    assert problems_of(text) == [
+        (2, "set: the value for SeriesNumber is not an IS number"),
+        (3, "set: the value for SliceThickness is not a DS number"),
+    ]
+
+
+def test_lint_refuses_hash_into_a_number_element() -> None:
+    assert problems_of("- hash: [SeriesNumber]") == [
+        (1, "hash: SeriesNumber has VR IS; a hash is text, not a number")
+    ]
+
+
 def test_set_needs_a_mapping() -> None:
     assert problems_of("- set: [PatientID]")[0][0] == 1
 
@@ -190,8 +263,38 @@ def test_delete_private_group_pattern_removes_that_group_only() -> None:
 def test_delete_element_pattern() -> None:
     ds = private_dataset()
     applied("- delete: ['(0009,xx10)']", ds)
-    assert 0x00090010 not in ds and 0x00091010 not in ds
+    assert 0x00091010 not in ds
     assert 0x00091001 in ds and 0x00111010 in ds and 0x00110010 in ds
+    assert ds[0x00090010].value == "ACME 1.0"  # its private creator stays
+
+
+def test_delete_private_block_pattern_matches_every_block_and_no_creator() -> None:
+    """(gggg,xxee) in a private group is element ee of blocks 10-FF, as DICOM writes it."""
+    ds = Dataset()
+    low = [0x00090000 | e for e in range(0x0000, 0x0100)]  # group length, creators
+    blocks = [0x00090010 | block << 8 for block in range(0x10, 0x100)]
+    for tag in (*low, *blocks):
+        ds.add_new(tag, "LO", "v")
+    applied("- delete: ['(0009,xx10)']", ds)
+    assert not any(tag in ds for tag in blocks)
+    assert all(tag in ds for tag in low), "creators (0009,0010)-(0009,00FF) must stay"
+
+
+def test_delete_patterns_other_than_private_blocks_keep_their_meaning() -> None:
+    """Only ``xx`` as the element's high byte in an odd group means a private block."""
+    table = {
+        "(0009,xx10)": {0x00091010, 0x0009FF10},
+        "(0009,xxxx)": {0x00090010, 0x00091010, 0x00091001, 0x0009FF10},
+        "(60xx,3000)": {0x60003000, 0x60013000, 0x60023000},
+        "(0028,xx10)": {0x00280010},  # an even group: any element xx10, Rows included
+    }
+    for pattern, removed in table.items():
+        ds = private_dataset()
+        for tag in (0x0009FF10, 0x60003000, 0x60013000, 0x60023000, 0x00280010):
+            ds.add_new(tag, "LO", "v")
+        before = tags_of(ds)
+        applied(f"- delete: ['{pattern}']", ds)
+        assert before - tags_of(ds) == removed, pattern
 
 
 def test_delete_repeating_group_pattern() -> None:

@@ -309,7 +309,11 @@ def test_missing_dicom_file_cannot_run(rules_dir: Path) -> None:
 
 
 def test_run_tests_uses_a_salt_when_none_is_configured(rules_dir: Path) -> None:
-    write(rules_dir, "rules_test.yaml", "cases:\n  - input: {tags: {Modality: CT}}\n")
+    write(
+        rules_dir,
+        "rules_test.yaml",
+        "cases:\n  - input: {tags: {Modality: CT}}\n    expect: {destinations: [pacs]}\n",
+    )
     results = run_tests(find_test_files(rules_dir), load_ruleset(rules_dir), b"")
     assert [r.passed for r in results] == [True]
 
