@@ -5,15 +5,26 @@ ran (``acks_late``), handed back if its worker dies (``reject_on_worker_lost``),
 and a worker takes one task at a time (prefetch 1) so a slow destination cannot
 hoard work another worker could do. Delayed retries wait in Redis, not in a
 worker (see ``router.retries``), so the visibility timeout only covers one task.
+
+Each pool process builds its runtime as soon as it starts (after the fork) and
+watches its rule files from then on, so an edit is loaded or refused in every
+process within seconds, with or without traffic.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from celery import Celery
+from celery.signals import worker_process_init, worker_process_shutdown
 
 from router.config import RouterConfig
+from router.logs import get_logger
+
+if TYPE_CHECKING:
+    from router.rules.live import RulesWatcher
+
+log = get_logger(__name__)
 
 ROUTE_TASK = "router.route"
 FORWARD_TASK = "router.forward"
@@ -84,3 +95,39 @@ def enqueue_forward(key: str, destination: str, meta: dict[str, Any], attempt: i
         retry=True,
         retry_policy={"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5},
     )
+
+
+_watcher: RulesWatcher | None = None
+"""This pool process's rules watcher, started after the fork."""
+
+
+@worker_process_init.connect  # type: ignore[untyped-decorator]
+def _watch_rules(**_kwargs: Any) -> None:
+    """In a new pool process: build its runtime and start watching its rules.
+
+    It runs in the child, after the fork (threads do not survive a fork), and
+    before the process takes a task, so the runtime is built once, here, and the
+    watcher shares its ruleset: one load, one audit event per edit. Never raises:
+    a pool process without a watcher still checks its rules when tasks arrive.
+    """
+    global _watcher
+    # Imported here: the runtime pulls in the worker's metrics and association
+    # pool, which the SCP process (also a user of this module) does not need.
+    from router.rules.live import RulesWatcher
+    from router.runtime import runtime
+
+    try:
+        rules = runtime().rules
+    except Exception as exc:
+        log.error("rules watcher not started", error=type(exc).__name__)
+        return
+    _watcher = RulesWatcher(rules).start()
+
+
+@worker_process_shutdown.connect  # type: ignore[untyped-decorator]
+def _stop_watching_rules(**_kwargs: Any) -> None:
+    """A stopping pool process ends its rules watcher."""
+    global _watcher
+    if _watcher is not None:
+        _watcher.stop()
+        _watcher = None

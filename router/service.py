@@ -22,6 +22,7 @@ from types import FrameType
 
 import kombu.exceptions
 import redis
+from celery.signals import worker_shutdown
 
 from router.admission import RouteAdmission
 from router.audit import audit_log_from_config
@@ -44,7 +45,14 @@ from router.queue import (
     visibility_timeout,
 )
 from router.retries import RetrySchedule, start_pump_thread
-from router.rules.live import LiveRuleset
+from router.rules.live import (
+    AuditTrail,
+    LiveRuleset,
+    RulesWatcher,
+    audit_reloads,
+    problem_locations,
+)
+from router.rules.loader import RulesetError
 from router.scp import StorageSCP
 from router.spool import Spool
 from router.stalled import requeue_stalled
@@ -214,9 +222,33 @@ def readiness_check(cfg: RouterConfig, spool: Spool, rules: LiveRuleset) -> list
     return problems
 
 
-def live_rules(cfg: RouterConfig) -> LiveRuleset:
-    """The ruleset as workers load it: checked against the destinations and the salt."""
-    return LiveRuleset(cfg.rules, destination_syntaxes(cfg), salt_available=bool(load_salt(cfg)))
+def live_rules(cfg: RouterConfig, audit: AuditTrail) -> LiveRuleset:
+    """The ruleset as workers load it: checked against the destinations and the salt.
+
+    Its loads and refusals go to the audit trail as the workers' do: this process
+    may be the one that notices an edit (through its watcher or ``/readyz``).
+    """
+    return LiveRuleset(
+        cfg.rules,
+        destination_syntaxes(cfg),
+        on_reload=audit_reloads(audit),
+        salt_available=bool(load_salt(cfg)),
+    )
+
+
+def load_rules_at_start(rules: LiveRuleset) -> None:
+    """Load the rules once before accepting work; a failure is logged, not raised.
+
+    Only the problems' locations are logged: their messages may quote a rule's
+    operands (a patient ID in a condition); the audit event has them in full.
+    """
+    message = "no valid ruleset at start-up; instances will wait in the queue"
+    try:
+        rules.current()
+    except RulesetError as exc:
+        log.error(message, **problem_locations(exc.problems))
+    except Exception as exc:
+        log.error(message, error=type(exc).__name__)
 
 
 def start_metrics_endpoint(
@@ -234,8 +266,15 @@ def start_metrics_endpoint(
 
 def start_worker_exporter(cfg: RouterConfig, port: int) -> None:
     """The metrics endpoint of a standalone worker: its own processes' metrics, the
-    broker's queue depths, and readiness (broker, spool, rules) as for ``serve``."""
-    server = start_metrics_endpoint(cfg, port, Spool(cfg.spool.dir), live_rules(cfg))
+    broker's queue depths, and readiness (broker, spool, rules) as for ``serve``.
+
+    Its ruleset is watched like every other process's, and the watcher stops with
+    the worker (Celery's ``worker_shutdown``).
+    """
+    rules = live_rules(cfg, audit_log_from_config(cfg))
+    server = start_metrics_endpoint(cfg, port, Spool(cfg.spool.dir), rules)
+    watcher = RulesWatcher(rules).start()
+    worker_shutdown.connect(lambda **_kwargs: watcher.stop(), weak=False)
     log.info("worker metrics listening", host=cfg.metrics.host, port=server.server_address[1])
 
 
@@ -254,11 +293,9 @@ def serve(cfg: RouterConfig, config_path: Path, workers: int) -> int:
     if cfg.audit.syslog is not None:
         queue = SyslogQueue(cfg.audit.syslog.queue_dir)
         add_collector(AuditSyslogCollector(lambda: len(queue.pending())))
-    rules = live_rules(cfg)
-    try:
-        rules.current()
-    except Exception as exc:
-        log.error("no valid ruleset at start-up; instances will wait in the queue", error=str(exc))
+    rules = live_rules(cfg, audit)
+    load_rules_at_start(rules)
+    watcher = RulesWatcher(rules).start()
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
@@ -304,6 +341,7 @@ def serve(cfg: RouterConfig, config_path: Path, workers: int) -> int:
     finally:
         pump.set()
         sweeper.set()
+        watcher.stop()
         scp.stop()
         log.info("listener stopped; stopping the worker")
         if worker is not None:

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydicom import Dataset
+from structlog.testing import capture_logs
 
+from router.audit import AuditLog
+from router.rules import live as live_module
 from router.rules.conditions import InstanceView
 from router.rules.engine import decide
-from router.rules.live import LiveRuleset
-from router.rules.loader import RulesetError
+from router.rules.live import LiveRuleset, audit_reloads
+from router.rules.loader import Ruleset, RulesetError
+from router.rules.yamlsource import SourceError
 
 DESTS = ("pacs", "research")
 CT_TO_PACS = "rules:\n  - {name: ct, match: {Modality: CT}, forward: [pacs]}\n"
@@ -199,3 +205,117 @@ def test_a_kubernetes_configmap_update_is_picked_up(folder: Path) -> None:
     publish("2026_11_27_08_05_00.2", CT_TO_RESEARCH)
     assert decide(live.current(), ct()).destinations == {"research": "ct"}
     assert recorder.outcomes == ["loaded", "loaded"]
+
+
+LEAKY = (
+    "rules:\n"
+    "  - name: vip\n"
+    "    match:\n"
+    '      PatientID: {regex: "LEAKID123("}\n'
+    "    forward: [pacs]\n"
+    "  - name: old\n"
+    "    match:\n"
+    '      PatientBirthDate: {gt: "LEAK 1901-01-01"}\n'
+    "    forward: [pacs]\n"
+)
+
+
+def test_refusal_log_names_places_not_the_rule_text(folder: Path) -> None:
+    """A rule that names a patient must not put the patient into the application log;
+    the audit detail (on_reload) keeps the messages."""
+    path = folder / "r.yaml"
+    edit(path, LEAKY)
+    recorder = Recorder()
+    live = LiveRuleset(folder, DESTS, on_reload=recorder, interval_s=0)
+    with capture_logs() as logs, pytest.raises(RulesetError):
+        live.current()
+    (refusal,) = [e for e in logs if e["event"].startswith("ruleset refused")]
+    assert refusal["problems"] == [f"{path}:4", f"{path}:8"]
+    assert refusal["problem_count"] == 2
+    assert "dicom-router rules lint" in refusal["hint"]
+    assert "LEAK" not in repr(logs)
+    _outcome, _version, detail = recorder.calls[0]
+    assert "LEAKID123(" in detail and "LEAK 1901-01-01" in detail
+
+
+def test_refusal_log_lists_at_most_twenty_places_but_counts_all(folder: Path) -> None:
+    rules = "".join(
+        f"  - {{name: r{i}, match: {{Modalty: CT}}, forward: [pacs]}}\n" for i in range(25)
+    )
+    edit(folder / "r.yaml", "rules:\n" + rules)
+    live = LiveRuleset(folder, DESTS, interval_s=0)
+    with capture_logs() as logs, pytest.raises(RulesetError):
+        live.current()
+    (refusal,) = [e for e in logs if e["event"].startswith("ruleset refused")]
+    assert len(refusal["problems"]) == 20
+    assert refusal["problem_count"] == 25
+
+
+def test_a_broken_edit_is_refused_once_not_on_every_check(folder: Path) -> None:
+    """Checked every 2 s by a watcher, a broken file must not fill the audit trail."""
+    path = folder / "r.yaml"
+    edit(path, INVALID)
+    recorder = Recorder()
+    live = LiveRuleset(folder, DESTS, on_reload=recorder, interval_s=0)
+    for _ in range(3):
+        with pytest.raises(RulesetError, match="Modalty"):
+            live.current()
+        live.refresh()
+    assert recorder.outcomes == ["refused"]
+    edit(path, INVALID.replace("ct", "ct2"))  # edited, still broken: said again
+    live.refresh()
+    assert recorder.outcomes == ["refused", "refused"]
+
+
+def test_refresh_checks_now_whatever_the_interval(folder: Path) -> None:
+    path = folder / "r.yaml"
+    edit(path, CT_TO_PACS)
+    live = LiveRuleset(folder, DESTS, interval_s=3600)
+    live.current()
+    edit(path, CT_TO_RESEARCH)
+    live.refresh()
+    assert decide(live.current(), ct()).destinations == {"research": "ct"}
+
+
+def test_a_permission_fix_is_noticed_without_an_edit(
+    folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """chmod changes neither content nor mtime; an unreadable file made readable must
+    still be read again, now that a broken ruleset is not retried on every check."""
+    path = folder / "r.yaml"
+    edit(path, CT_TO_PACS)
+    real_load = live_module.load_ruleset
+    readable = [False]
+
+    def load(*args: Any) -> Ruleset:
+        if not readable[0]:  # as an unreadable file would (root reads any file)
+            raise RulesetError([SourceError(path, 1, "cannot read rule file: denied")])
+        return real_load(*args)
+
+    monkeypatch.setattr(live_module, "load_ruleset", load)
+    recorder = Recorder()
+    live = LiveRuleset(folder, DESTS, on_reload=recorder, interval_s=0)
+    with pytest.raises(RulesetError, match="cannot read"):
+        live.current()
+    readable[0] = True
+    with pytest.raises(RulesetError, match="cannot read"):
+        live.current()  # nothing changed on disk: not read again
+    path.chmod(0o600)
+    assert decide(live.current(), ct()).destinations == {"pacs": "ct"}
+    assert recorder.outcomes == ["refused", "loaded"]
+
+
+def test_audit_reloads_writes_rules_reloaded_events(folder: Path, tmp_path: Path) -> None:
+    path = folder / "r.yaml"
+    edit(path, CT_TO_PACS)
+    audit = AuditLog(tmp_path / "audit.jsonl")
+    live = LiveRuleset(folder, DESTS, on_reload=audit_reloads(audit), interval_s=0)
+    version = live.current().version
+    edit(path, LEAKY)
+    live.current()
+    lines = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    assert [(r["event"], r["status"], r["ruleset_version"]) for r in lines] == [
+        ("rules_reloaded", "loaded", version),
+        ("rules_reloaded", "refused", None),
+    ]
+    assert "LEAKID123(" in lines[1]["detail"]
