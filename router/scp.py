@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
 from pydicom.filereader import read_partial
 from pydicom.tag import BaseTag
 from pydicom.uid import (
@@ -59,6 +58,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from router import metrics, quiet
 from router.audit import AuditLog
 from router.config import RouterConfig
+from router.error_text import describe_error
 from router.logs import get_logger
 from router.scu import set_nodelay
 from router.spool import Spool, SpoolError
@@ -314,8 +314,12 @@ class StorageSCP:
             header = read_identifiers(received)
             study_uid = str(header.get("StudyInstanceUID", ""))
             sop_uid = str(header.SOPInstanceUID)
-        except (InvalidDicomError, AttributeError, ValueError, KeyError, EOFError, OSError) as exc:
-            log.warning("malformed dataset", error=type(exc).__name__)
+            patient_id = str(header.get("PatientID", "")) or None
+        except Exception as exc:  # whatever the data set's flaw, it is refused
+            # Every value is read here, before the instance is kept: a flaw found
+            # after spooling and queueing would answer failure for an instance
+            # that is already on its way, and the sender would send it again.
+            log.warning("malformed dataset", error=describe_error(exc))
             return self._refuse(Status.CANNOT_UNDERSTAND, "malformed_dataset", fields)
         if sop_uid != fields["sop_instance_uid"]:
             return self._refuse(
@@ -338,7 +342,7 @@ class StorageSCP:
             self.enqueue(key, meta)
         except Exception as exc:
             self.spool.discard(key)
-            log.error("enqueue failed; instance refused", error=f"{type(exc).__name__}: {exc}")
+            log.error("enqueue failed; instance refused", error=describe_error(exc))
             return self._refuse(Status.OUT_OF_RESOURCES, "broker_unavailable", fields)
         metrics.instances_received.labels(calling).inc()
         metrics.bytes_received.inc(size)
@@ -346,7 +350,7 @@ class StorageSCP:
             "received",
             study_instance_uid=study_uid,
             sop_class_uid=meta["sop_class_uid"],
-            patient_id=str(header.get("PatientID", "")) or None,
+            patient_id=patient_id,
             status="0x0000",
             **fields,
         )

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 from pydicom.dataset import Dataset
 
+from router.error_text import describe_error
 from router.transcode.encode import frame_encoding
 from router.transcode.errors import ConversionError
 from router.transcode.frames import decoded_frames, native_chunks, pixel_format
@@ -127,7 +128,7 @@ def convert_file(
                 # Malformed data surfaces as all kinds of errors from the parser and
                 # codecs; it will fail again on every retry, so it is a reason too.
                 Path(dst).unlink(missing_ok=True)
-                raise ConversionError(f"cannot convert: {type(exc).__name__}: {exc}") from exc
+                raise ConversionError(f"cannot convert: {describe_error(exc)}") from exc
             except BaseException:
                 Path(dst).unlink(missing_ok=True)
                 raise

@@ -17,6 +17,7 @@ import numpy as np
 from pydicom.pixels.decoders.base import get_decoder
 from pydicom.uid import UID
 
+from router.error_text import describe_error
 from router.transcode.errors import ConversionError
 from router.transcode.source import Source
 from router.transcode.syntaxes import (
@@ -173,7 +174,9 @@ def decoded_frames(source: Source, fmt: PixelFormat) -> Iterator[tuple[np.ndarra
     except ConversionError:
         raise
     except Exception as exc:
-        raise ConversionError(f"cannot decode the {describe(syntax)} pixel data: {exc}") from exc
+        raise ConversionError(
+            f"cannot decode the {describe(syntax)} pixel data: {describe_error(exc)}"
+        ) from exc
 
 
 def native_chunks(source: Source) -> Iterator[bytes]:

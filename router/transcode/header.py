@@ -28,6 +28,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.pixels.utils import decompress
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID
 
+from router.error_text import describe_error
 from router.transcode.errors import ConversionError
 from router.transcode.source import Source
 
@@ -112,6 +113,8 @@ def _decode_nested_pixels(item: Dataset, syntax: str) -> None:
     try:
         decompress(item)
     except Exception as exc:
-        raise ConversionError(f"cannot decode nested (icon) pixel data: {exc}") from exc
+        raise ConversionError(
+            f"cannot decode nested (icon) pixel data: {describe_error(exc)}"
+        ) from exc
     finally:
         del item.file_meta

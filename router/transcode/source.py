@@ -27,6 +27,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filereader import read_dataset, read_preamble
 from pydicom.tag import BaseTag
 
+from router.error_text import describe_error
 from router.transcode.errors import ConversionError
 from router.transcode.syntaxes import (
     DEFLATED,
@@ -167,7 +168,9 @@ def _read_meta(fp: BinaryIO) -> FileMetaDataset:
         meta = FileMetaDataset(group2)
         syntax = meta.get("TransferSyntaxUID")
     except Exception as exc:
-        raise ConversionError(f"cannot read the file meta information: {exc}") from exc
+        raise ConversionError(
+            f"cannot read the file meta information: {describe_error(exc)}"
+        ) from exc
     if not syntax:
         raise ConversionError("the file has no file meta information with a TransferSyntaxUID")
     return meta
@@ -184,7 +187,7 @@ def _inflate(src: BinaryIO, dst: BinaryIO) -> None:
                 chunk = inflater.unconsumed_tail
         dst.write(inflater.flush())
     except zlib.error as exc:
-        raise ConversionError(f"the deflated data set is corrupt: {exc}") from exc
+        raise ConversionError(f"the deflated data set is corrupt: {describe_error(exc)}") from exc
 
 
 def _at_pixels(tag: BaseTag, vr: str | None, length: int) -> bool:
@@ -198,7 +201,9 @@ def _read_body(
     try:
         dataset = read_dataset(body, implicit_vr, little_endian, stop_when=_at_pixels)
     except Exception as exc:
-        raise ConversionError(f"cannot parse the {describe(syntax)} data set: {exc}") from exc
+        raise ConversionError(
+            f"cannot parse the {describe(syntax)} data set: {describe_error(exc)}"
+        ) from exc
     if dataset.original_encoding[0] is not None:
         implicit_vr = bool(dataset.original_encoding[0])
     start = body.tell()
@@ -212,7 +217,7 @@ def _read_body(
             trailing = read_dataset(body, implicit_vr, little_endian)
         except Exception as exc:
             raise ConversionError(
-                f"cannot parse the elements after {pixel.keyword}: {exc}"
+                f"cannot parse the elements after {pixel.keyword}: {describe_error(exc)}"
             ) from exc
         if _TRAILING_PADDING in trailing:
             del trailing[_TRAILING_PADDING]

@@ -20,6 +20,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import correct_ambiguous_vr, write_data_element, write_file_meta_info
 
+from router.error_text import describe_error
 from router.transcode.errors import ConversionError
 from router.transcode.frames import PixelFormat
 from router.transcode.lossy import RATIO_TAG, ratio_value
@@ -125,7 +126,7 @@ def encode_elements(
         try:
             write_data_element(fp, element, charset)
         except Exception as exc:
-            raise ConversionError(f"cannot encode element {tag}: {exc}") from exc
+            raise ConversionError(f"cannot encode element {tag}: {describe_error(exc)}") from exc
         if int(tag) in marks:
             positions[int(tag)] = (start, fp.tell() - start)
     return fp.getvalue(), positions

@@ -19,10 +19,10 @@ import pytest
 from pydicom import dcmread
 from pydicom.dataset import FileMetaDataset
 from pydicom.filewriter import write_file_meta_info
-from pynetdicom import AE, _config
 from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 
 from tests.support.dcmtk import echoscu, storescu
+from tests.support.malformed import mislabelled_as_ul, store, store_file_as_is
 from tests.support.ports import free_port
 from tests.support.router_proc import RedisServer, RouterProcess, start_router, write_config
 from tests.support.synthetic import write_ct_series
@@ -39,30 +39,6 @@ DESTINATIONS = {"nowhere": {"ae_title": "NOWHERE", "host": "127.0.0.1", "port": 
 
 def spooled_files(router: RouterProcess) -> list[Path]:
     return [p for p in router.spool_dir.rglob("*") if p.is_file()]
-
-
-def store(port: int, source: Any, calling_ae: str = "CT01") -> int:
-    """C-STORE one dataset (or file path) with pynetdicom; returns the DIMSE status."""
-    ae = AE(ae_title=calling_ae)
-    ae.add_requested_context(CTImageStorage)
-    assoc = ae.associate("127.0.0.1", port, ae_title="ROUTER")
-    assert assoc.is_established
-    try:
-        response = assoc.send_c_store(source)
-        return int(response.Status)
-    finally:
-        assoc.release()
-
-
-def store_file_as_is(port: int, path: Path) -> int:
-    """C-STORE a file's bytes unparsed (pynetdicom's chunked send): the request's
-    SOP Class and Instance UIDs come from its file meta, the data set is not read."""
-    previous = _config.STORE_SEND_CHUNKED_DATASET
-    _config.STORE_SEND_CHUNKED_DATASET = True
-    try:
-        return store(port, path)
-    finally:
-        _config.STORE_SEND_CHUNKED_DATASET = previous
 
 
 @pytest.fixture()
@@ -149,6 +125,22 @@ def test_malformed_dataset_gets_cannot_understand(
     assert store_file_as_is(router.port, bad) == 0xC000
     assert spooled_files(router) == []
     assert "malformed_dataset" in router.audit_events("rejected")[-1]["status"]
+
+
+def test_unreadable_patient_id_is_refused_and_never_logged(
+    make_router: Any, redis_server: RedisServer, ct_file: Path, tmp_path: Path
+) -> None:
+    """Every identifier is read before the instance is kept: a flaw in one is a refusal
+    (not a failure answered for an instance already queued), and the error that names
+    the value stays out of the log."""
+    bad = mislabelled_as_ul(ct_file, tmp_path / "pid.dcm", 0x00100020, "LO", "LEAKID123 ")
+    router = make_router(redis_server.url)
+    assert store_file_as_is(router.port, bad) == 0xC000
+    assert spooled_files(router) == []
+    assert redis_server.client().llen("route") == 0
+    assert "malformed_dataset" in router.audit_events("rejected")[-1]["status"]
+    assert "(0010,0020)" in router.log_text()  # the element is named ...
+    assert "LEAKID123" not in router.log_text()  # ... its value is not
 
 
 def test_dataset_naming_another_instance_than_its_request_is_refused(

@@ -13,12 +13,15 @@ import pytest
 import structlog
 from pydicom import config as pydicom_config
 from pydicom import dcmread
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.tag import BaseTag
 from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE, evt
 from pynetdicom import _config as pynetdicom_config
 from pynetdicom.association import Association
 
+from router.error_text import describe_error
 from router.logs import PHI_FIELDS, REDACTED, configure_logging, drop_phi, get_logger
 
 
@@ -238,3 +241,77 @@ def test_pydicom_never_reports_a_patient_value(capsys: pytest.CaptureFixture[str
     assert [str(w.message) for w in caught] == []
     for secret in ("19991399", "SECRET", "secret-sex"):
         assert secret not in out.out + out.err
+
+
+def _wrong_length_patient_id() -> Dataset:
+    """A data set whose PatientID is stored as UL: reading it raises an error quoting it."""
+    ds = Dataset()
+    value = b"LEAKID123 "
+    ds._dict[BaseTag(0x00100020)] = RawDataElement(
+        BaseTag(0x00100020), "UL", len(value), value, 0, False, True
+    )
+    return ds
+
+
+def test_malformed_element_error_names_the_element_not_the_value() -> None:
+    with pytest.raises(Exception) as caught:
+        _ = _wrong_length_patient_id().PatientID
+    assert "LEAKID123" in str(caught.value)  # what the guard is for
+    described = describe_error(caught.value)
+    assert "LEAKID123" not in described
+    assert described == "BytesLengthException (element (0010,0020); VR UL)"
+
+
+def test_system_errors_keep_their_message() -> None:
+    error = FileNotFoundError(2, "No such file or directory", "/spool/incoming/ab/x.dcm")
+    assert describe_error(error) == f"FileNotFoundError: {error}"
+
+
+def test_logged_exception_shows_where_not_what(capsys: pytest.CaptureFixture[str]) -> None:
+    configure_logging("INFO", json_output=True)
+    try:
+        try:
+            float("DOE^JOHN")
+        except ValueError as inner:
+            raise RuntimeError("while routing DOE^JOHN") from inner
+    except RuntimeError:
+        get_logger("test").exception("route failed")
+        logging.getLogger("pynetdicom.test").exception("handler failed")
+    out = capsys.readouterr().out
+    assert "DOE^JOHN" not in out
+    structlog_line, stdlib_line = json_lines(out)
+    for line in (structlog_line, stdlib_line):
+        text = str(line["exception"])
+        assert "test_logs.py" in text and "test_logged_exception_shows_where_not_what" in text
+        assert text.index("ValueError") < text.index("RuntimeError")  # cause first
+
+
+def test_exception_as_the_message_is_described(capsys: pytest.CaptureFixture[str]) -> None:
+    """pynetdicom logs a failed handler's exception as the message itself."""
+    configure_logging("INFO", json_output=True)
+    try:
+        _ = _wrong_length_patient_id().PatientID
+    except Exception as exc:
+        logging.getLogger("pynetdicom.service_class").exception(exc)
+    (line,) = json_lines(capsys.readouterr().out)
+    assert "LEAKID123" not in json.dumps(line)
+    assert line["event"] == "BytesLengthException (element (0010,0020); VR UL)"
+
+
+def test_failed_celery_task_line_has_no_values(capsys: pytest.CaptureFixture[str]) -> None:
+    from celery.app.trace import LOG_FAILURE
+
+    configure_logging("INFO", json_output=True)
+    try:
+        float("LEAK^NAME")
+    except ValueError as exc:
+        context = {"hostname": "w1", "id": "abc", "name": "router.route", "exc": repr(exc),
+                   "traceback": "ValueError: could not convert string to float: 'LEAK^NAME'",
+                   "args": "[]", "kwargs": "{}", "description": "raised unexpected",
+                   "internal": False}  # fmt: skip
+        logging.getLogger("celery.app.trace").log(
+            logging.ERROR, LOG_FAILURE.strip(), context, exc_info=True
+        )
+    (line,) = json_lines(capsys.readouterr().out)
+    assert "LEAK^NAME" not in json.dumps(line)
+    assert line["event"] == "Task router.route[abc] raised unexpected: ValueError"

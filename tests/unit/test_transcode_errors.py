@@ -10,7 +10,8 @@ from pydicom.encaps import encapsulate
 from pydicom.uid import UID
 
 from router.transcode import ConversionError, convert_file
-from tests.support.synthetic import pydicom_test_files_dir
+from tests.support.malformed import mislabelled_as_ul
+from tests.support.synthetic import pydicom_test_files_dir, write_ct_series
 
 
 def source(name: str) -> Path:
@@ -140,3 +141,15 @@ def test_corrupt_compressed_pixel_data(tmp_path: Path) -> None:
         convert_file(src, dst, "explicit-little")
     assert refused.value.reason.startswith("cannot decode the jpeg2000-lossless pixel data: ")
     assert not dst.exists()
+
+
+def test_unreadable_value_is_named_by_its_element_not_quoted(tmp_path: Path) -> None:
+    """The reason is logged and kept with a dead letter: pydicom's error quotes the
+    value (here a patient name under VR UL, which implicit VR must encode), the
+    reason names only the element."""
+    (plain,) = write_ct_series(tmp_path / "ct", 1, rows=16, cols=16)
+    bad = mislabelled_as_ul(plain, tmp_path / "bad.dcm", 0x00091001, "LO", "LEAK^NAME ")
+    with pytest.raises(ConversionError) as refused:
+        convert_file(bad, tmp_path / "out.dcm", "1.2.840.10008.1.2")
+    assert "LEAK" not in refused.value.reason
+    assert "(0009,1001)" in refused.value.reason
