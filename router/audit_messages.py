@@ -11,14 +11,16 @@ Mapping (and why):
   (calling AE, requestor) is the source, the router the destination.
 * ``routed`` with a destination -> Begin Transferring DICOM Instances (110102),
   action E: the router announces the transfer to that destination. A ``routed``
-  event without a destination (unmatched, unreadable) starts no transfer: none.
+  event without a destination (unmatched, unreadable, unroutable) starts no
+  transfer: none.
 * ``forwarded`` -> DICOM Instances Transferred (110104), action R (the router is
   not the receiver and cannot know what the receiver held, A.5.3.7); outcome 0,
   or 4 when the destination answered with a warning status. A ``forwarded`` event
   with status ``ALREADY_DELIVERED`` transferred nothing (the destination had the
   content from an earlier reception): none.
 * ``forward_failed`` -> DICOM Instances Transferred, outcome 4 ("minor failure;
-  action restarted": the router retries), ``dead_lettered`` -> outcome 8
+  action restarted": the router retries, or sends to the destination's alternate,
+  whose own transfer then has messages of its own), ``dead_lettered`` -> outcome 8
   ("serious failure; action terminated"). A.5.2 asks for one message per failed
   action, and an auditor comparing Begin Transferring with Instances Transferred
   then sees how every announced transfer ended.

@@ -18,10 +18,11 @@ import os
 import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -177,12 +178,32 @@ class RetryConfig(_Strict):
         return parse_duration(value)
 
 
+def _known_transfer_syntax(value: str) -> str:
+    """Refuse a ``transfer_syntaxes`` entry that names no transfer syntax.
+
+    Why at load: an unknown entry (a typo such as ``explicit-litle``) would
+    otherwise be left out of what the router proposes, and the destination would
+    silently receive something other than what the operator asked for.
+    """
+    from router.transcode.syntaxes import TRANSFER_SYNTAX_NAMES, syntax_uid
+
+    if syntax_uid(value) is None:
+        names = ", ".join(TRANSFER_SYNTAX_NAMES)
+        raise ValueError(
+            f"{value!r} is not a transfer syntax name or UID; valid names: {names}, "
+            "or a transfer syntax UID such as 1.2.840.10008.1.2.1"
+        )
+    return value
+
+
 class DestinationConfig(_Strict):
     ae_title: str = Field(min_length=1, max_length=16)
     host: str
     port: int = Field(ge=1, le=65535)
     max_associations: int = Field(2, ge=1)
-    transfer_syntaxes: list[str] = Field(default_factory=list)
+    transfer_syntaxes: list[Annotated[str, AfterValidator(_known_transfer_syntax)]] = Field(
+        default_factory=list
+    )
     retry: RetryConfig = Field(default_factory=lambda: RetryConfig())
     alternate: str | None = None
     tls: ClientTLSConfig | None = None
@@ -360,7 +381,8 @@ def load_salt(cfg: RouterConfig) -> bytes:
 
 
 def destination_syntaxes(cfg: RouterConfig) -> dict[str, list[str]]:
-    """Destination name -> transfer syntax UIDs it accepts (names translated; unknown kept)."""
+    """Destination name -> transfer syntax UIDs it accepts, names translated (every entry
+    is known: ``DestinationConfig`` refuses the others at load)."""
     from router.transcode import syntax_uid
 
     return {

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 from pydicom import dcmread
-from pydicom.errors import InvalidDicomError
 
 from router import metrics
 from router.deliveries import release_instance
@@ -64,11 +63,19 @@ def book(rt: Runtime, key: str, sent: Sequence[Sent]) -> None:
 
 
 def _patient_id(path: Path) -> str | None:
+    """The Patient ID for the DICOM audit message, or None if it cannot be read.
+
+    It only fills in the audit message, so no error reading it may fail the
+    delivery: pydicom raises more than ValueError for a malformed element (e.g.
+    ``BytesLengthException``). Only the kind of error is logged, because pydicom's
+    messages quote the raw value, here a patient identifier.
+    """
     try:
         header = dcmread(path, stop_before_pixels=True, specific_tags=["PatientID"])
-    except (InvalidDicomError, OSError, ValueError):
+        return str(header.get("PatientID", "")) or None
+    except Exception as exc:
+        log.warning("patient ID not readable for the audit message", error=type(exc).__name__)
         return None
-    return str(header.get("PatientID", "")) or None
 
 
 def digest_of(path: Path) -> str:
@@ -114,6 +121,8 @@ def delivery_steps(
         "rule": meta.get("rule"),
         "destination": destination,
         "attempt": attempt,
+        "alternate_of": meta.get("alternate_of"),  # standing in for that destination
+        "ruleset_version": meta.get("ruleset_version"),  # the ruleset that chose it
     }
     dest_cfg = rt.cfg.destinations.get(destination)
     path = rt.spool.path(meta.get("send_key") or key)
@@ -150,28 +159,73 @@ def delivery_steps(
         audit_fields["transfer_syntax"] = attempted.sent_as
         if attempted.sent_uid not in (None, sop_uid):  # lossy conversion: a new instance
             audit_fields["delivered_sop_instance_uid"] = attempted.sent_uid
-    metrics.forward.labels(destination, outcome.value).inc()
     if outcome in (Outcome.SUCCESS, Outcome.WARNING):
         size = sent_bytes if sent_bytes is not None else path.stat().st_size
-        metrics.bytes_forwarded.labels(destination).inc(size)  # as sent: a copy's own size
-        received_at = meta.get("received_at")
-        if isinstance(received_at, int | float):
-            metrics.end_to_end_seconds.labels(destination).observe(time.time() - received_at)
+        _count_delivered(destination, outcome, size, meta)
         log.debug("forwarded", spool_key=key, destination=destination, sop_instance_uid=sop_uid,
                  status=status_text, attempt=attempt)  # fmt: skip
         return Sent(destination, sop_uid, digest, {"status": status_text, **audit_fields})
-    rt.audit.emit("forward_failed", status=status_text, **audit_fields)
-    retry = dest_cfg.retry
-    if outcome == Outcome.RETRY and attempt < retry.max_attempts:
-        delay = max(blocked, backoff_delay(attempt, retry.initial_delay, retry.max_delay))
-        log.warning("forward failed; will retry", spool_key=key, destination=destination,
-                    sop_instance_uid=sop_uid, status=status_text, attempt=attempt,
-                    retry_in_s=round(delay, 2))  # fmt: skip
-        _schedule(rt, key, destination, meta, attempt + 1, delay)
-        return None
-    reason = "permanent failure" if outcome == Outcome.FAILED else "retries exhausted"
-    _give_up(rt, key, destination, meta, reason, status_text, attempt, audit_fields)
+    failure = Failure(outcome, status_text, attempt, blocked)
+    if will_retry(outcome, attempt, dest_cfg.retry.max_attempts):
+        _retry_later(rt, key, destination, meta, failure, audit_fields)
+    else:
+        _give_up(rt, key, destination, meta, failure, audit_fields)
     return None
+
+
+def _count_delivered(destination: str, outcome: Outcome, size: int, meta: dict[str, Any]) -> None:
+    """Metrics of a delivered attempt; ``size`` as sent (a converted copy's own size)."""
+    metrics.forward.labels(destination, outcome.value).inc()
+    metrics.bytes_forwarded.labels(destination).inc(size)
+    received_at = meta.get("received_at")
+    if isinstance(received_at, int | float):
+        metrics.end_to_end_seconds.labels(destination).observe(time.time() - received_at)
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A failed attempt: what the destination answered and where the delivery stands."""
+
+    outcome: Outcome
+    status_text: str
+    attempt: int
+    blocked: float
+    """Seconds the destination's circuit stays open (0: closed); no retry comes sooner."""
+
+    @property
+    def reason(self) -> str:
+        """Why the destination is given up on, when it is."""
+        return "permanent failure" if self.outcome == Outcome.FAILED else "retries exhausted"
+
+
+def will_retry(outcome: Outcome, attempt: int, max_attempts: int) -> bool:
+    """Whether a failed attempt is followed by another attempt at the same destination.
+
+    This, not the status class alone, decides the ``outcome`` label of
+    ``forward_total``: a transient failure on the last allowed attempt is given up
+    on like a permanent one, so it counts as ``failed``, not ``retry``.
+    """
+    return outcome == Outcome.RETRY and attempt < max_attempts
+
+
+def _retry_later(
+    rt: Runtime,
+    key: str,
+    destination: str,
+    meta: dict[str, Any],
+    failure: Failure,
+    audit_fields: dict[str, Any],
+) -> None:
+    """Count and audit the attempt as one that will be tried again, and schedule that."""
+    metrics.forward.labels(destination, Outcome.RETRY.value).inc()
+    rt.audit.emit("forward_failed", status=failure.status_text, **audit_fields)
+    retry = rt.cfg.destinations[destination].retry
+    delay = max(failure.blocked, backoff_delay(failure.attempt, retry.initial_delay,
+                                               retry.max_delay))  # fmt: skip
+    log.warning("forward failed; will retry", spool_key=key, destination=destination,
+                sop_instance_uid=audit_fields["sop_instance_uid"], status=failure.status_text,
+                attempt=failure.attempt, retry_in_s=round(delay, 2))  # fmt: skip
+    _schedule(rt, key, destination, meta, failure.attempt + 1, delay)
 
 
 def _schedule(
@@ -187,15 +241,22 @@ def _give_up(
     key: str,
     destination: str,
     meta: dict[str, Any],
-    reason: str,
-    status_text: str,
-    attempt: int,
+    failure: Failure,
     audit_fields: dict[str, Any],
 ) -> None:
-    """Fail over to the destination's alternate once, else dead-letter the delivery."""
-    dest_cfg = rt.cfg.destinations[destination]
-    alternate = dest_cfg.alternate
+    """Fail over to the destination's alternate once, else dead-letter the delivery.
+
+    Either way nothing will try this destination again, so the attempt counts as
+    ``failed``. A fail-over is audited on the attempt's own ``forward_failed`` event
+    (no other event would say the primary was given up on); a dead letter has its
+    ``dead_lettered`` event after it.
+    """
+    metrics.forward.labels(destination, Outcome.FAILED.value).inc()
+    reason, status_text = failure.reason, failure.status_text
+    alternate = rt.cfg.destinations[destination].alternate
     if alternate is not None and not meta.get("alternate_of"):
+        status = f"{reason}: {status_text}; sent to the alternate {alternate}"
+        rt.audit.emit("forward_failed", status=status, alternate=alternate, **audit_fields)
         alternate_meta = {**meta, "alternate_of": destination}
         rt.deliveries.fail_over(key, destination, alternate, alternate_meta)
         log.warning("forward failed; sending to the alternate destination", spool_key=key,
@@ -203,10 +264,11 @@ def _give_up(
                     status=status_text)  # fmt: skip
         enqueue_forward(key, alternate, alternate_meta)
         return
-    letter = rt.deadletters.add(key, destination, reason, status_text, attempt, meta)
+    rt.audit.emit("forward_failed", status=status_text, **audit_fields)
+    letter = rt.deadletters.add(key, destination, reason, status_text, failure.attempt, meta)
     rt.audit.emit(
         "dead_lettered", status=f"{reason}: {status_text}", detail=letter.id, **audit_fields
     )
     log.error("forward failed; dead-lettered", spool_key=key, destination=destination,
               sop_instance_uid=audit_fields["sop_instance_uid"], reason=reason,
-              status=status_text, attempt=attempt, dead_letter=letter.id)  # fmt: skip
+              status=status_text, attempt=failure.attempt, dead_letter=letter.id)  # fmt: skip

@@ -32,14 +32,19 @@ class BrokerCollector:
     instead of being kept by any process.
     """
 
-    def __init__(self, client: redis.Redis, queues: tuple[str, ...]) -> None:
+    def __init__(
+        self, client: redis.Redis, queues: tuple[str, ...], destinations: tuple[str, ...] = ()
+    ) -> None:
         self.client = client
         self.queues = queues
+        self.destinations = destinations
+        """Configured destinations: each has a sample, 0 before its first dead letter,
+        so dashboards and alerts read 0 rather than "No data"."""
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         try:
             depths = {queue: int(self.client.llen(queue)) for queue in self.queues}
-            dead = DeadLetters(self.client).counts()
+            dead = dict.fromkeys(self.destinations, 0) | DeadLetters(self.client).counts()
         except redis.RedisError:
             return
         depth = GaugeMetricFamily(

@@ -18,7 +18,7 @@ from router.deliveries import Deliveries
 from router.inbox import Inbox
 from router.logs import get_logger
 from router.retries import RetrySchedule
-from router.rules.live import LiveRuleset
+from router.rules.live import LiveRuleset, audit_reloads
 from router.scu import AssociationPool
 from router.slots import AssociationSlots
 from router.spool import Spool
@@ -69,10 +69,6 @@ def _set_runtime(rt: Runtime) -> None:
 
 def build_runtime(cfg: RouterConfig) -> Runtime:
     audit = audit_log_from_config(cfg)
-
-    def on_reload(outcome: str, version: str, detail: str) -> None:
-        audit.emit("rules_reloaded", status=outcome, ruleset_version=version or None, detail=detail)
-
     salt = load_salt(cfg)
     client = redis.Redis.from_url(cfg.broker_url)
     accepts = destination_syntaxes(cfg)
@@ -80,7 +76,9 @@ def build_runtime(cfg: RouterConfig) -> Runtime:
         cfg=cfg,
         spool=Spool(cfg.spool.dir),
         audit=audit,
-        rules=LiveRuleset(cfg.rules, accepts, on_reload=on_reload, salt_available=bool(salt)),
+        rules=LiveRuleset(
+            cfg.rules, accepts, on_reload=audit_reloads(audit), salt_available=bool(salt)
+        ),
         deliveries=Deliveries(client),
         pool=AssociationPool(cfg.ae_title, slots=AssociationSlots(client)),
         salt=salt,

@@ -258,6 +258,7 @@ def start_metrics_endpoint(
     broker = BrokerCollector(
         redis.Redis.from_url(cfg.broker_url, socket_connect_timeout=1, socket_timeout=2),
         (ROUTE_QUEUE, FORWARD_QUEUE),
+        tuple(cfg.destinations),
     )
     return start_exporter(
         cfg.metrics.host, port, lambda: readiness_check(cfg, spool, rules), broker

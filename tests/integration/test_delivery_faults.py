@@ -191,7 +191,18 @@ def test_alternate_receives_what_the_primary_cannot(
             assert_once(backup, uids(files))
             forwarded = router.wait_for_audit("forwarded", 5)
             assert {e["destination"] for e in forwarded} == {"backup"}
+            assert {e["alternate_of"] for e in forwarded} == {"primary"}
             assert router.audit_events("dead_lettered") == []
+            # Each instance's last attempt at the primary says it went to the alternate.
+            given_up = [e for e in router.audit_events("forward_failed")
+                        if e["status"].endswith("; sent to the alternate backup")]  # fmt: skip
+            assert sorted(e["sop_instance_uid"] for e in given_up) == sorted(uids(files))
+            assert all(e["destination"] == "primary" and e["attempt"] == 2 for e in given_up)
+            assert all(e["status"].startswith("retries exhausted: ") for e in given_up)
+            _status, metrics = router.http("/metrics")
+            lines = metrics.splitlines()
+            assert 'dicom_router_forward_total{destination="primary",outcome="failed"} 5.0' in lines
+            assert 'dicom_router_forward_total{destination="primary",outcome="retry"} 5.0' in lines
             wait_until(lambda: not any((router.spool_dir / "incoming").rglob("*.dcm")), 30,
                        "the spool to empty")  # fmt: skip
         finally:

@@ -117,6 +117,8 @@ def test_every_instance_reaches_both_destinations_unchanged(
     assert {e["sop_instance_uid"] for e in received_events} >= set(originals)
     routed = [e for e in router.audit_events("routed") if e["sop_instance_uid"] in originals]
     assert all(e["rule"] == "everything-to-both" and e["ruleset_version"] for e in routed)
+    # A delivery names the ruleset that chose it, as its routing did.
+    assert {e["ruleset_version"] for e in forwarded} == {e["ruleset_version"] for e in routed}
     # Every destination has its copy: nothing is left in the spool (retention 0).
     assert list((router.spool_dir / "incoming").rglob("*.dcm")) == []
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -320,3 +322,52 @@ def test_destinations_with_fewer_association_slots_than_worker_processes(
     assert association_shortfalls(cfg, 2) == {}
     assert association_shortfalls(cfg, 3) == {"pacs": 2}
     assert association_shortfalls(cfg, 5) == {"pacs": 2, "archive": 4}
+
+
+# --- destination transfer syntaxes -------------------------------------------------
+def test_misspelt_transfer_syntax_is_refused_naming_key_value_and_valid_names(
+    tmp_path: Path,
+) -> None:
+    msg = config_error(
+        tmp_path,
+        f"destinations:\n  pacs:\n    {MINIMAL_DEST}"
+        "    transfer_syntaxes: [jpeg-ls-lossless, 1.2.840.10008.1.2.4.70, explicit-litle,"
+        " 1.2.840.10008.1.2]\n",
+    )
+    (line,) = msg.splitlines()  # the names and UIDs around it are fine
+    assert line.startswith(f"{tmp_path / 'router.yaml'}: destinations.pacs.transfer_syntaxes.2: ")
+    assert "'explicit-litle'" in line
+    for name in ("explicit-little", "implicit-little", "jpeg-ls-lossless", "jpeg-baseline"):
+        assert name in line
+
+
+@pytest.mark.parametrize("bad", ["1.2.3.4", "1.2.840.10008.5.1.4.1.1.2", "JPEG", ""])
+def test_uid_that_is_not_a_transfer_syntax_is_refused(tmp_path: Path, bad: str) -> None:
+    msg = config_error(
+        tmp_path,
+        f"destinations:\n  pacs:\n    {MINIMAL_DEST}    transfer_syntaxes: ['{bad}']\n",
+    )
+    assert "destinations.pacs.transfer_syntaxes.0:" in msg
+    assert repr(bad) in msg
+
+
+def test_rules_lint_reports_a_misspelt_transfer_syntax_as_a_config_problem(
+    tmp_path: Path,
+) -> None:
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "r.yaml").write_text("rules:\n  - name: all\n    forward: [pacs]\n")
+    path = write_config(
+        tmp_path,
+        f"rules: rules\ndestinations:\n  pacs:\n    {MINIMAL_DEST}"
+        "    transfer_syntaxes: [explicit-litle]\n",
+    )
+    lint = subprocess.run(
+        [sys.executable, "-m", "router.cli", "--config", str(path), "rules", "lint"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert lint.returncode == 1, lint.stdout + lint.stderr
+    out = lint.stdout
+    assert f"{path}: destinations.pacs.transfer_syntaxes.0: " in out
+    assert "'explicit-litle'" in out
+    assert "ok:" not in out
