@@ -28,9 +28,17 @@ instances_rejected = Counter(
 bytes_received = Counter(PREFIX + "bytes_received", "Dataset bytes accepted by the SCP.")
 rule_matches = Counter(PREFIX + "rule_matches", "Instances matched, by rule.", ["rule"])
 instances_unmatched = Counter(PREFIX + "instances_unmatched", "Instances no rule matched.")
+instances_unroutable = Counter(
+    PREFIX + "instances_unroutable",
+    "Accepted instances set aside in spool/unroutable/: unreadable, or the rules could not "
+    "be applied to their values.",
+    ["reason"],
+)
 forward = Counter(
     PREFIX + "forward",
-    "C-STORE attempts to destinations, by outcome (success, warning, retry, failed).",
+    "C-STORE attempts to destinations, by outcome: success, warning (stored), retry "
+    "(failed; another attempt follows), failed (failed; the destination is given up: "
+    "dead letter or alternate).",
     ["destination", "outcome"],
 )
 already_delivered = Counter(

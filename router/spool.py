@@ -16,6 +16,7 @@ Layout below ``spool.dir``::
     incoming/   accepted instances waiting for routing or delivery
     done/       delivered instances kept for ``retention_hours``
     unmatched/  instances no rule matched, kept for inspection (``unmatched: keep``)
+    unroutable/ instances the rules could not be applied to (unreadable values), kept
 """
 
 from __future__ import annotations
@@ -95,11 +96,12 @@ class Spool:
         self.incoming = self.root / "incoming"
         self.done = self.root / "done"
         self.unmatched = self.root / "unmatched"
+        self.unroutable = self.root / "unroutable"
 
     def ensure(self) -> None:
         """Create the directories; raise :class:`SpoolError` if that is not possible."""
         try:
-            for folder in (self.tmp, self.incoming, self.done, self.unmatched):
+            for folder in (self.tmp, self.incoming, self.done, self.unmatched, self.unroutable):
                 _make_dirs(folder)
         except OSError as exc:
             raise SpoolError(f"cannot create spool directory {self.root}: {exc}") from exc
@@ -116,6 +118,7 @@ class Spool:
             self.path(key),
             self.done / f"{key}{_SUFFIX}",
             self.unmatched / f"{key}{_SUFFIX}",
+            self.unroutable / f"{key}{_SUFFIX}",
         ):
             if candidate.exists():
                 return candidate
@@ -194,8 +197,17 @@ class Spool:
 
     def keep_unmatched(self, key: str) -> Path:
         """Move an instance no rule matched to ``unmatched/`` for an operator to inspect."""
+        return self._set_aside(key, self.unmatched)
+
+    def hold_unroutable(self, key: str) -> Path:
+        """Move an instance the rules could not be applied to (a value that cannot be
+        read, an action that cannot be done) to ``unroutable/``: kept for an operator,
+        and out of ``incoming/``, where it would only be tried again and fail again."""
+        return self._set_aside(key, self.unroutable)
+
+    def _set_aside(self, key: str, folder: Path) -> Path:
         source = self.path(key)
-        target = self.unmatched / source.name
+        target = folder / source.name
         os.rename(source, target)
         return target
 

@@ -24,16 +24,17 @@ import kombu.exceptions
 import redis
 from celery.exceptions import Reject
 from pydicom import dcmread
-from pydicom.errors import InvalidDicomError
 
 from router import metrics
 from router.deliver import Sent, book, deliver, delivery_steps, digest_of
+from router.error_text import describe_error
 from router.logs import get_logger
 from router.queue import FORWARD_TASK, ROUTE_TASK, app, enqueue_forward
 from router.rules import InstanceView, RulesetError, decide
 from router.rules.actions import ActionContext
 from router.rules.engine import Decision, destinations_by_rule
 from router.runtime import Runtime, runtime
+from router.spool import SpoolError
 from router.steps import run_all
 from router.transcode import is_lossy
 
@@ -48,6 +49,8 @@ BROKER_ERRORS: tuple[type[BaseException], ...] = (
     redis.TimeoutError,
     kombu.exceptions.OperationalError,
 )
+RETRYABLE_ERRORS: tuple[type[BaseException], ...] = (OSError, *BROKER_ERRORS)
+"""Errors of the machine, not of the instance: its task fails and runs again later."""
 
 
 def _hand_back_on_broker_error(task: Callable[P, None]) -> Callable[P, None]:
@@ -90,6 +93,11 @@ def _route(rt: Runtime, key: str, meta: dict[str, Any]) -> None:
     path = rt.spool.path(key)
     sop_uid = meta.get("sop_instance_uid")
     if not path.exists():
+        if not rt.spool.incoming.is_dir():
+            # Not this instance's absence: the spool itself is not here (a worker whose
+            # volume is not mounted). Fail the task; the inbox record keeps the
+            # instance, and the sweep routes it again, where the spool is.
+            raise SpoolError(f"spool not found: {rt.spool.incoming} does not exist")
         log.warning("route: spool file already gone", spool_key=key, sop_instance_uid=sop_uid)
         rt.inbox.done(key)
         return
@@ -100,41 +108,50 @@ def _route(rt: Runtime, key: str, meta: dict[str, Any]) -> None:
         app.send_task(ROUTE_TASK, args=[key, meta], countdown=RULES_UNAVAILABLE_RETRY_S)
         rt.inbox.touch(key, meta, time.time())  # queued again: not lost
         return
-    try:
-        dataset = dcmread(path, stop_before_pixels=True)
-    except (InvalidDicomError, OSError, ValueError) as exc:
-        log.error("route: cannot parse spooled instance", spool_key=key, error=str(exc))
-        rt.audit.emit("routed", sop_instance_uid=sop_uid, status="unreadable", detail=str(exc))
-        rt.inbox.done(key)
-        return
-    view = InstanceView(
-        dataset,
-        calling_ae=meta.get("calling_ae", ""),
-        called_ae=meta.get("called_ae", ""),
-        peer_ip=str(meta.get("peer", "")).rsplit(":", 1)[0],
-    )
-    decision = decide(ruleset, view)
     common = {
         "sop_instance_uid": sop_uid,
         "study_instance_uid": meta.get("study_instance_uid"),
         "sop_class_uid": meta.get("sop_class_uid"),
-        "patient_id": str(dataset.get("PatientID", "")) or None,
         "calling_ae": meta.get("calling_ae"),
         "peer": meta.get("peer"),
         "ruleset_version": ruleset.version,
     }
+    try:
+        dataset = dcmread(path, stop_before_pixels=True)
+    except OSError:
+        raise  # the spool's disk, not the instance: try again later (inbox record stays)
+    except Exception as exc:  # whatever the flaw, the instance is held
+        _hold_unroutable(rt, key, "unreadable", exc, common)
+        return
+    try:
+        view = InstanceView(
+            dataset,
+            calling_ae=meta.get("calling_ae", ""),
+            called_ae=meta.get("called_ae", ""),
+            peer_ip=str(meta.get("peer", "")).rsplit(":", 1)[0],
+        )
+        decision = decide(ruleset, view)
+        common["patient_id"] = str(dataset.get("PatientID", "")) or None
+    except Exception as exc:  # a value the rules cannot read
+        _hold_unroutable(rt, key, "unroutable", exc, common)
+        return
     for rule_name in decision.matched_rules:
         metrics.rule_matches.labels(rule_name).inc()
     if decision.unmatched or not decision.destinations:
         _settle_unrouted(rt, key, decision.unmatched, ruleset.unmatched, common)
         rt.inbox.done(key)
         return
-    send_keys = _outputs(rt, key, path, decision, view)
-    received_at = meta.get("received_at")
-    since = float(received_at) if isinstance(received_at, int | float) else None
+    try:
+        send_keys = _outputs(rt, key, path, decision, view)
+    except RETRYABLE_ERRORS:
+        raise  # the spool's disk or Redis: try again later
+    except Exception as exc:  # an action this instance's values do not allow
+        _hold_unroutable(rt, key, "unroutable", exc, common)
+        return
     tasks = {}
     for destination, rule_name in decision.destinations.items():
-        forward_meta = {**meta, "rule": rule_name, "send_key": send_keys[rule_name]}
+        forward_meta = {**meta, "rule": rule_name, "send_key": send_keys[rule_name],
+                        "ruleset_version": ruleset.version}  # fmt: skip
         target = decision.actions[rule_name].transfer_syntax
         if target is not None:
             forward_meta.update(transcode=target, allow_lossy=is_lossy(target))
@@ -149,8 +166,10 @@ def _route(rt: Runtime, key: str, meta: dict[str, Any]) -> None:
     }
     # One transaction records the deliveries, clears the inbox record and tells
     # which direct deliveries were made before (a resent or re-routed instance).
+    # The deliveries start now, not at reception: an instance routed late (a backlog
+    # after a worker outage) must not look stalled to the sweep while it is sent.
     sent_before = rt.deliveries.expect(
-        key, decision.destinations, since, tasks, also=rt.inbox.done_in(key),
+        key, decision.destinations, None, tasks, also=rt.inbox.done_in(key),
         check=[(dest, str(meta.get("sop_instance_uid", "")), digests[m["send_key"]])
                for dest, m in inline],
         resend_identical={dest for dest, _meta in inline
@@ -225,6 +244,27 @@ def _outputs(
         rt.deliveries.add_derived(key, derived)
         send_keys[rule_name] = derived
     return send_keys
+
+
+def _hold_unroutable(
+    rt: Runtime, key: str, status: str, exc: BaseException, common: dict[str, Any]
+) -> None:
+    """The rules cannot be applied to this instance: set it aside, audited and counted.
+
+    Routing it again would fail the same way (a value that cannot be read, an
+    action its values do not allow), so it leaves ``incoming/`` for
+    ``unroutable/`` with any changed copies already written removed. The audit
+    event holds the error's full text; the log names only its kind and the
+    elements (router/error_text.py): pydicom's messages quote values.
+    """
+    for copy in rt.deliveries.take_derived(key):
+        rt.spool.discard(copy)
+    rt.spool.hold_unroutable(key)
+    metrics.instances_unroutable.labels(status).inc()
+    rt.audit.emit("routed", status=status, detail=f"{type(exc).__name__}: {exc}", **common)
+    log.error("route: instance set aside in unroutable/", spool_key=key, outcome=status,
+              sop_instance_uid=common["sop_instance_uid"], error=describe_error(exc))  # fmt: skip
+    rt.inbox.done(key)
 
 
 def _settle_unrouted(

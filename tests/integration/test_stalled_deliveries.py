@@ -13,12 +13,17 @@ from pathlib import Path
 import pytest
 from pydicom import dcmread
 
-from router.deliveries import Deliveries
+from router import tasks
+from router.config import load_config
+from router.deliveries import Deliveries, pending_key
 from router.inbox import INBOX, Inbox
-from router.spool import Spool
+from router.queue import configure
+from router.runtime import build_runtime
+from router.spool import Spool, SpoolError
 from router.stalled import queue_head_received, stalled_entries
 from tests.support.capture_scp import CaptureSCP
 from tests.support.dcmtk import storescu
+from tests.support.ports import free_port
 from tests.support.router_proc import RedisServer, RouterProcess, start_router, write_config
 from tests.support.synthetic import write_ct_series
 from tests.support.waiting import wait_until
@@ -149,3 +154,48 @@ def test_the_scp_records_each_instance_until_it_is_routed(
         assert recorded == {str(dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in files}
     finally:
         router.stop()
+
+
+def test_a_delivery_routed_late_is_not_taken_for_stalled(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """An instance received long ago (a backlog after a worker outage) but routed just
+    now has made progress: the sweep must not queue its delivery again while it is
+    being sent, or the destination gets it twice. Stalled counts from the routing."""
+    dest = {"pacs": {"ae_title": "PACS", "host": "127.0.0.1", "port": free_port()}}
+    path, _config = write_config(tmp_path / "router", redis_server.url, dest,
+                                 "rules:\n  - name: all\n    forward: [pacs]\n")  # fmt: skip
+    rt = build_runtime(load_config(path))
+    rt.spool.ensure()
+    configure(rt.cfg)
+    (ct,) = write_ct_series(tmp_path / "ct", 1, rows=16, cols=16, seed=33)
+    key = rt.spool.write_bytes(ct.read_bytes())
+    received_long_ago = time.time() - 10 * OLDER_THAN
+    meta = {"sop_instance_uid": str(dcmread(ct, stop_before_pixels=True).SOPInstanceUID),
+            "calling_ae": "CT01", "called_ae": "ROUTER", "peer": "127.0.0.1:1",
+            "received_at": received_long_ago}  # fmt: skip
+    tasks._route(rt, key, meta)
+    client = redis_server.client()
+    assert client.hexists(pending_key(key), "pacs")
+    # Even with no queue to hide behind (a direct send is never queued):
+    assert list(stalled_entries(client, time.time(), OLDER_THAN, None)) == []
+    later = time.time() + 2 * OLDER_THAN
+    assert [s.spool_key for s in stalled_entries(client, later, OLDER_THAN, None)] == [key]
+
+
+def test_a_worker_without_the_spool_keeps_the_instance_in_the_inbox(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """A worker whose spool volume is not mounted sees no file for any key. Taking
+    that for "already delivered and released" would drop every instance it routes."""
+    dest = {"pacs": {"ae_title": "PACS", "host": "127.0.0.1", "port": free_port()}}
+    path, _config = write_config(tmp_path / "router", redis_server.url, dest,
+                                 "rules:\n  - name: all\n    forward: [pacs]\n",
+                                 spool={"dir": str(tmp_path / "not-mounted")})  # fmt: skip
+    rt = build_runtime(load_config(path))
+    key = "0123456789abcdef0123456789abcdef"
+    meta = {"sop_instance_uid": "1.2.3", "received_at": time.time()}
+    Inbox(redis_server.client()).add(key, meta)
+    with pytest.raises(SpoolError, match="spool not found"):
+        tasks._route(rt, key, meta)
+    assert redis_server.client().hexists(INBOX, key)

@@ -29,6 +29,7 @@ EXPECTED_ALERTS = {
     "DicomRouterDeadLetters",
     "DicomRouterNoInstancesReceived",
     "DicomRouterRulesRefused",
+    "DicomRouterInstancesSetAside",
     "DicomRouterDown",
 }
 
@@ -202,6 +203,7 @@ def _alert_tests() -> list[dict[str, Any]]:
     down = "DicomRouterDown"
     quiet = "DicomRouterNoInstancesReceived"
     refused = "DicomRouterRulesRefused"
+    set_aside = "DicomRouterInstancesSetAside"
     forward = "dicom_router_forward_total"
     return [
         {  # 3 dead letters for pacs fire after 5m; none for archive never does.
@@ -281,6 +283,17 @@ def _alert_tests() -> list[dict[str, Any]]:
                 _case(refused, "4m"),
                 _case(refused, "8m", _alert(refused, {**router, "outcome": "refused"}, 1)),
                 _case(refused, "30m"),
+            ],
+        },
+        {  # one instance set aside at 10m; the alert ends when it leaves the hour.
+            "interval": "1m",
+            "input_series": [
+                _series("dicom_router_instances_unroutable_total", "0x9 1x80", reason="unroutable"),
+            ],
+            "alert_rule_test": [
+                _case(set_aside, "9m"),
+                _case(set_aside, "15m", _alert(set_aside, {**router, "reason": "unroutable"}, 1)),
+                _case(set_aside, "80m"),
             ],
         },
     ]
