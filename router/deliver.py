@@ -9,18 +9,21 @@ and metrics.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import random
 import time
+import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import redis
 from pydicom import dcmread
 
 from router import metrics
-from router.deliveries import release_instance
+from router.deliveries import BUSY, DELIVERED, release_instance
 from router.logs import get_logger
 from router.queue import enqueue_forward
 from router.runtime import Runtime
@@ -48,6 +51,9 @@ class Sent:
     forwarded: dict[str, Any]
     """Fields of the ``forwarded`` audit event (status ``ALREADY_DELIVERED`` when the
     destination had this content from before and nothing was sent)."""
+    claim: str | None = None
+    """The token of the sending claim held (router/deliveries.py); None when nothing
+    was sent."""
 
 
 def book(rt: Runtime, key: str, sent: Sequence[Sent]) -> None:
@@ -57,7 +63,8 @@ def book(rt: Runtime, key: str, sent: Sequence[Sent]) -> None:
         return
     rt.audit.emit_many([("forwarded", s.forwarded) for s in sent])
     records = [(s.destination, s.sop_uid, s.digest) for s in sent]
-    derived = rt.deliveries.delivered_many(key, records)
+    claims = {s.claim for s in sent if s.claim is not None}
+    derived = rt.deliveries.delivered_many(key, records, next(iter(claims), None))
     if derived is not None:
         release_instance(rt.deliveries, rt.spool, key, rt.cfg.spool.retention_hours, derived)
 
@@ -100,7 +107,7 @@ def delivery_steps(
     meta: dict[str, Any],
     attempt: int = 1,
     digests: dict[str, str] | None = None,
-    new: bool = False,
+    claimed: str | None = None,
 ) -> Steps[Sent | None]:
     """One delivery attempt; a failure's bookkeeping is done here, a success's is returned.
 
@@ -108,8 +115,9 @@ def delivery_steps(
     destinations at once with ``run_all``, then passes what they return to
     ``book`` in one go.
     ``digests`` holds content hashes by spool key already computed by the caller
-    (route hashes each file once, however many destinations get it). ``new``: the
-    caller has just found no delivery record for this content and destination.
+    (route hashes each file once, however many destinations get it). ``claimed``:
+    the token of the sending claim the caller has just taken for this content and
+    destination (router/deliveries.py); without it the claim is taken here.
     """
     sop_uid = str(meta.get("sop_instance_uid", ""))
     audit_fields = {
@@ -127,19 +135,77 @@ def delivery_steps(
     dest_cfg = rt.cfg.destinations.get(destination)
     path = rt.spool.path(meta.get("send_key") or key)
     if dest_cfg is None or not path.exists():
-        reason = "destination no longer configured" if dest_cfg is None else "spool file missing"
-        log.error("forward: cannot deliver", spool_key=key, destination=destination, reason=reason)
-        rt.audit.emit("forward_failed", status=reason, **audit_fields)
+        _cannot_deliver(rt, key, destination, meta, attempt, dest_cfg is None, audit_fields)
         return None
     if rt.audit.dicom is not None:  # DICOM audit messages name the patient (PS3.15 A.5.3)
         audit_fields["patient_id"] = _patient_id(path)
     digest = (digests or {}).get(meta.get("send_key") or key) or digest_of(path)
-    reception = key if dest_cfg.resend_identical else None
-    if not new and rt.deliveries.already_delivered(destination, sop_uid, digest, reception):
-        log.info("forward: already delivered, not sending again", spool_key=key,
-                 destination=destination, sop_instance_uid=sop_uid)  # fmt: skip
-        metrics.already_delivered.labels(destination).inc()
-        return Sent(destination, sop_uid, digest, {"status": ALREADY_DELIVERED, **audit_fields})
+    token = claimed
+    if token is None:
+        token = uuid.uuid4().hex
+        reception = key if dest_cfg.resend_identical else None
+        lease = rt.cfg.broker_visibility_timeout
+        state = rt.deliveries.claim(destination, sop_uid, digest, token, lease, reception)
+        if state == DELIVERED:
+            log.info("forward: already delivered, not sending again", spool_key=key,
+                     destination=destination, sop_instance_uid=sop_uid)  # fmt: skip
+            metrics.already_delivered.labels(destination).inc()
+            return Sent(destination, sop_uid, digest, {"status": ALREADY_DELIVERED, **audit_fields})
+        if state == BUSY:  # being sent by another task: its record will answer soon
+            log.info("forward: being sent by another task; looking again shortly",
+                     spool_key=key, destination=destination)  # fmt: skip
+            _schedule(rt, key, destination, meta, attempt, random.uniform(1.0, 5.0))
+            return None
+    sent = None
+    try:
+        sent = yield from _attempt(rt, key, destination, meta, attempt, path, digest,
+                                   audit_fields)  # fmt: skip
+    finally:
+        if sent is None:  # failed or put off: the next attempt claims anew
+            with contextlib.suppress(redis.RedisError):
+                rt.deliveries.release(destination, sop_uid, digest, token)
+    return None if sent is None else replace(sent, claim=token)
+
+
+def _cannot_deliver(
+    rt: Runtime,
+    key: str,
+    destination: str,
+    meta: dict[str, Any],
+    attempt: int,
+    unconfigured: bool,
+    audit_fields: dict[str, Any],
+) -> None:
+    """No send is possible: the destination left the config, or the spool file is gone.
+
+    A file gone because the instance is settled (every destination booked, a task
+    redelivered late) leaves nothing to do. Otherwise the delivery is dead-lettered:
+    visible and counted, instead of failing again at every sweep for ever.
+    """
+    if not unconfigured and not rt.deliveries.is_pending(key, destination):
+        log.info("forward: delivery already settled", spool_key=key, destination=destination)
+        return
+    reason = "destination no longer configured" if unconfigured else "spool file missing"
+    log.error("forward: cannot deliver", spool_key=key, destination=destination, reason=reason)
+    rt.audit.emit("forward_failed", status=reason, **audit_fields)
+    letter = rt.deadletters.add(key, destination, "permanent failure", reason, attempt, meta)
+    rt.audit.emit("dead_lettered", status=f"permanent failure: {reason}", detail=letter.id,
+                  **audit_fields)  # fmt: skip
+
+
+def _attempt(
+    rt: Runtime,
+    key: str,
+    destination: str,
+    meta: dict[str, Any],
+    attempt: int,
+    path: Path,
+    digest: str,
+    audit_fields: dict[str, Any],
+) -> Steps[Sent | None]:
+    """Send once, claimed; a failure's bookkeeping is done here, a success is returned."""
+    sop_uid = audit_fields["sop_instance_uid"]
+    dest_cfg = rt.cfg.destinations[destination]
     blocked = rt.circuits.blocked_for(destination, probe_timeout_s=2 * dest_cfg.timeout + 10)
     sent_bytes = None
     if blocked > 0:

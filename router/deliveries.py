@@ -9,6 +9,14 @@ spool key of the reception it delivered: for a destination with
 ``resend_identical`` only a record of the same reception counts, so a redelivered
 task still sends nothing while the same content received again (a deliberate
 re-send from the modality) goes out again.
+
+A delivery record is written only after the send, so two tasks for one delivery
+running at once (a task redelivered while the first is still sending, a second
+reception of the same content) would both find none and both send. Before it
+sends, a task therefore claims the delivery (``dr:sending:...``, set only if
+absent, with a lease of the broker's visibility timeout, the longest a task may
+run); a task that finds the claim taken looks again a little later, by when the
+record is written. The claim goes with the booking, or when the attempt fails.
 """
 
 from __future__ import annotations
@@ -16,7 +24,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import redis
 
@@ -56,6 +64,44 @@ def delivered_key(destination: str, sop_instance_uid: str, digest: str) -> str:
     return f"{PREFIX}delivered:{destination}:{sop_instance_uid}:{digest}"
 
 
+def sending_key(destination: str, sop_instance_uid: str, digest: str) -> str:
+    """The claim of the task sending this content to ``destination`` now."""
+    return f"{PREFIX}sending:{destination}:{sop_instance_uid}:{digest}"
+
+
+DELIVERED = "delivered"
+"""``claim``: the destination has this content already; nothing to send."""
+CLAIMED = "claimed"
+"""``claim``: the caller holds the claim and sends."""
+BUSY = "busy"
+"""``claim``: another task holds the claim and is sending now."""
+
+_CLAIM = """
+local record = redis.call('GET', KEYS[1])
+if record and (ARGV[3] == '' or record == ARGV[3]) then return 'delivered' end
+if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return 'claimed' end
+return 'busy'
+"""
+
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class Checks(NamedTuple):
+    """What ``expect`` found for the deliveries it was asked to check and claim."""
+
+    delivered: set[str]
+    """Destinations that have the content already."""
+    busy: set[str]
+    """Destinations another task is sending the content to now."""
+
+
 def _counts(record: object, reception: str | None) -> bool:
     """Whether a delivery record (its value: the spool key delivered) makes a send
     redundant; with ``reception``, only a record of that spool key does."""
@@ -69,6 +115,8 @@ class Deliveries:
 
     def __init__(self, client: redis.Redis) -> None:
         self.redis = client
+        self._claim = client.register_script(_CLAIM)
+        self._release = client.register_script(_RELEASE)
 
     def expect(
         self,
@@ -79,7 +127,8 @@ class Deliveries:
         also: Callable[[Any], None] | None = None,
         check: Sequence[tuple[str, str, str]] = (),
         resend_identical: Collection[str] = (),
-    ) -> set[str]:
+        claim: tuple[str, float] | None = None,
+    ) -> Checks:
         """Record the destinations an instance must reach (idempotent), and since when.
 
         ``tasks`` (destination -> forward metadata) lets a delivery whose task was
@@ -87,12 +136,13 @@ class Deliveries:
         caller's to the same transaction (and round trip). ``check`` lists
         (destination, SOP Instance UID, digest) to look up as ``already_delivered``
         does (``resend_identical``: the destinations for which only a delivery of
-        this same reception counts); returns the destinations among them that
-        already have the instance.
+        this same reception counts) and, with ``claim`` (token, lease in seconds), to
+        claim for sending as ``claim`` does; returns which of them already have the
+        instance and which another task is sending.
         """
         fields = {dest: f"queued@{since or time.time()}" for dest in destinations}
         if not fields:
-            return set()
+            return Checks(set(), set())
         pipe = self.redis.pipeline(transaction=True)
         pipe.hset(pending_key(spool_key), mapping=fields)  # type: ignore[arg-type]
         if tasks:
@@ -101,14 +151,63 @@ class Deliveries:
         if also is not None:
             also(pipe)
         for destination, sop_instance_uid, digest in check:
-            pipe.get(delivered_key(destination, sop_instance_uid, digest))
+            if claim is None:
+                pipe.get(delivered_key(destination, sop_instance_uid, digest))
+            else:
+                reception = spool_key if destination in resend_identical else None
+                self._claim_in(pipe, destination, sop_instance_uid, digest, *claim, reception)
         results = pipe.execute()
         found = results[len(results) - len(check) :]
-        return {
+        if claim is not None:
+            states = {
+                dest: _text(state) for (dest, _u, _d), state in zip(check, found, strict=True)
+            }
+            return Checks({d for d, s in states.items() if s == DELIVERED},
+                          {d for d, s in states.items() if s == BUSY})  # fmt: skip
+        delivered = {
             dest
             for (dest, _uid, _digest), record in zip(check, found, strict=True)
             if _counts(record, spool_key if dest in resend_identical else None)
         }
+        return Checks(delivered, set())
+
+    def claim(
+        self,
+        destination: str,
+        sop_instance_uid: str,
+        digest: str,
+        token: str,
+        lease_s: float,
+        reception: str | None = None,
+    ) -> str:
+        """Claim sending this content to ``destination``: DELIVERED (a record counts,
+        see ``already_delivered``), CLAIMED (the caller's, for ``lease_s``) or BUSY."""
+        state = self._claim_in(None, destination, sop_instance_uid, digest, token, lease_s,
+                               reception)  # fmt: skip
+        return _text(state)
+
+    def _claim_in(
+        self,
+        pipe: Any,
+        destination: str,
+        sop_instance_uid: str,
+        digest: str,
+        token: str,
+        lease_s: float,
+        reception: str | None,
+    ) -> Any:
+        keys = [delivered_key(destination, sop_instance_uid, digest),
+                sending_key(destination, sop_instance_uid, digest)]  # fmt: skip
+        args: list[str | int] = [token, max(1, int(lease_s * 1000)), reception or ""]
+        return self._claim(keys=keys, args=args, client=pipe)
+
+    def release(self, destination: str, sop_instance_uid: str, digest: str, token: str) -> None:
+        """Give up a claim the caller holds (the attempt failed); another's stays."""
+        self._release(keys=[sending_key(destination, sop_instance_uid, digest)], args=[token])
+
+    def is_pending(self, spool_key: str, destination: str) -> bool:
+        """Whether the instance still waits for ``destination`` (queued, retrying or dead)."""
+        return bool(self.redis.hexists(pending_key(spool_key), destination))
 
     def retrying(self, spool_key: str, destination: str, due: float) -> None:
         """The delivery waits in the retry schedule until ``due``: not stalled before."""
@@ -150,7 +249,10 @@ class Deliveries:
         return self.delivered_many(spool_key, [(destination, sop_instance_uid, digest)])
 
     def delivered_many(
-        self, spool_key: str, deliveries: Sequence[tuple[str, str, str]]
+        self,
+        spool_key: str,
+        deliveries: Sequence[tuple[str, str, str]],
+        claim: str | None = None,
     ) -> list[str] | None:
         """Record deliveries of one instance: (destination, SOP Instance UID, digest) each.
 
@@ -158,7 +260,7 @@ class Deliveries:
         last one, the instance's changed copies (usually none), which the caller
         releases with it (``release_instance``). One transaction, one round trip,
         however many destinations: a route task that sent to three records all three
-        at once.
+        at once. ``claim``: the token of the claims the sends held, given up here.
         """
         pipe = self.redis.pipeline(transaction=True)
         now = time.time()
@@ -166,6 +268,9 @@ class Deliveries:
             pipe.set(
                 delivered_key(destination, sop_instance_uid, digest), spool_key, ex=DELIVERED_TTL_S
             )
+            if claim is not None:
+                self._release(keys=[sending_key(destination, sop_instance_uid, digest)],
+                              args=[claim], client=pipe)  # fmt: skip
             pipe.hdel(pending_key(spool_key), destination)
             pipe.hdel(task_key(spool_key), destination)
             # For "delivered in the last hour" in `dicom-router status`.

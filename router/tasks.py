@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import time
+import uuid
 from collections.abc import Callable
 from copy import deepcopy
 from pathlib import Path
@@ -164,17 +165,22 @@ def _route(rt: Runtime, key: str, meta: dict[str, Any]) -> None:
         send_key: digest_of(rt.spool.path(send_key))
         for send_key in {forward_meta["send_key"] for _destination, forward_meta in inline}
     }
-    # One transaction records the deliveries, clears the inbox record and tells
-    # which direct deliveries were made before (a resent or re-routed instance).
-    # The deliveries start now, not at reception: an instance routed late (a backlog
-    # after a worker outage) must not look stalled to the sweep while it is sent.
-    sent_before = rt.deliveries.expect(
+    # One transaction records the deliveries, clears the inbox record, tells which
+    # direct deliveries were made before (a resent or re-routed instance) and claims
+    # the others for sending (router/deliveries.py). The deliveries start now, not
+    # at reception: an instance routed late (a backlog after a worker outage) must
+    # not look stalled to the sweep while it is sent.
+    claim = uuid.uuid4().hex
+    checks = rt.deliveries.expect(
         key, decision.destinations, None, tasks, also=rt.inbox.done_in(key),
         check=[(dest, str(meta.get("sop_instance_uid", "")), digests[m["send_key"]])
                for dest, m in inline],
         resend_identical={dest for dest, _meta in inline
                           if rt.cfg.destinations[dest].resend_identical},
+        claim=(claim, rt.cfg.broker_visibility_timeout),
     )  # fmt: skip
+    # Another task is sending what a direct send would: its forward task looks later.
+    inline = [(dest, forward_meta) for dest, forward_meta in inline if dest not in checks.busy]
     direct = {dest for dest, _meta in inline}
     routed = [
         ("routed", {"rule": forward_meta["rule"], "destination": destination, **common})
@@ -184,7 +190,7 @@ def _route(rt: Runtime, key: str, meta: dict[str, Any]) -> None:
     for destination, forward_meta in tasks.items():
         if destination not in direct:
             enqueue_forward(key, destination, forward_meta)
-    _send_inline(rt, key, inline, digests, sent_before)
+    _send_inline(rt, key, inline, digests, checks.delivered, claim)
     log.debug(
         "routed",
         spool_key=key,
@@ -200,6 +206,7 @@ def _send_inline(
     inline: list[tuple[str, dict[str, Any]]],
     digests: dict[str, str],
     sent_before: set[str],
+    claim: str,
 ) -> None:
     """Send to the destinations this process talks to, all at once, then book them together.
 
@@ -209,7 +216,9 @@ def _send_inline(
     handed back.
     """
     sends = [
-        delivery_steps(rt, key, dest, forward_meta, 1, digests, dest not in sent_before)
+        delivery_steps(
+            rt, key, dest, forward_meta, 1, digests, None if dest in sent_before else claim
+        )
         for dest, forward_meta in inline
     ]
     outcomes = run_all(sends)

@@ -183,3 +183,35 @@ def test_dicom_audit_messages_of_a_fail_over_name_each_destination(
     root = message(forwarded)
     assert root.find("EventIdentification").get("EventOutcomeIndicator") == "0"
     assert receiver(root) == "AETITLES=BACKUP"
+
+
+def test_a_late_task_for_a_settled_delivery_does_nothing(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """Every destination booked, the file released; a task redelivered late finds no
+    file and nothing pending: no failure to report, nothing to dead-letter."""
+    rt = _runtime(tmp_path, redis_server.url, free_port())
+    key, meta = _spooled(rt, tmp_path, ["lonely"])
+    rt.deliveries.delivered(key, "lonely", meta["sop_instance_uid"], "digest")
+    rt.spool.discard(key)
+    deliver(rt, key, "lonely", meta, 1)
+    assert _events(rt, "forward_failed") == [] and rt.deadletters.list() == []
+
+
+def test_a_delivery_whose_file_is_gone_is_dead_lettered(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """Still pending, but its spool file is gone (removed by hand, a lost volume):
+    nothing can ever send it. Dead-lettered, visible, instead of failing at every
+    sweep for ever."""
+    rt = _runtime(tmp_path, redis_server.url, free_port())
+    key, meta = _spooled(rt, tmp_path, ["lonely"])
+    rt.spool.discard(key)
+    deliver(rt, key, "lonely", meta, 1)
+    (letter,) = rt.deadletters.list()
+    assert (letter.destination, letter.last_status) == ("lonely", "spool file missing")
+    assert [e["status"] for e in _events(rt, "dead_lettered")] == [
+        "permanent failure: spool file missing"
+    ]
+    state = redis_server.client().hget(pending_key(key), "lonely")
+    assert state is not None and state.startswith(b"dead-")  # the sweep leaves it alone

@@ -8,7 +8,16 @@ import time
 import pytest
 
 from router.circuit import CLOSED_RECHECK_S, OPEN_AFTER, Circuits
-from router.deliveries import Deliveries, delivered_key, derived_key, pending_key
+from router.deliveries import (
+    BUSY,
+    CLAIMED,
+    DELIVERED,
+    Deliveries,
+    delivered_key,
+    derived_key,
+    pending_key,
+    sending_key,
+)
 from router.inbox import INBOX, Inbox
 from tests.support.router_proc import RedisServer
 
@@ -29,11 +38,11 @@ def test_expect_records_clears_the_inbox_and_finds_earlier_deliveries(
         check=[("pacs", "1.2.3", "d1"), ("archive", "1.2.3", "d1")],
     )  # fmt: skip
 
-    assert found == {"pacs"}
+    assert found.delivered == {"pacs"}
     assert not client.hexists(INBOX, "k1")
     assert set(client.hgetall(pending_key("k1"))) == {b"pacs", b"archive"}
     # Changed content under the same UID is a new delivery.
-    assert deliveries.expect("k2", ["pacs"], check=[("pacs", "1.2.3", "d2")]) == set()
+    assert deliveries.expect("k2", ["pacs"], check=[("pacs", "1.2.3", "d2")]).delivered == set()
 
 
 def test_the_last_delivery_hands_back_the_changed_copies(redis_server: RedisServer) -> None:
@@ -112,6 +121,51 @@ def test_a_record_names_its_reception_for_destinations_that_resend_identical_con
     assert not deliveries.already_delivered("pacs", "1.2.3", "d", spool_key="k2")
     checks = [("pacs", "1.2.3", "d"), ("archive", "1.2.3", "d")]
     assert deliveries.expect("k2", ["pacs", "archive"], check=checks,
-                             resend_identical={"pacs"}) == {"archive"}  # fmt: skip
-    assert deliveries.expect("k1", ["pacs", "archive"], check=checks,
-                             resend_identical={"pacs"}) == {"pacs", "archive"}  # fmt: skip
+                             resend_identical={"pacs"}).delivered == {"archive"}  # fmt: skip
+    again = deliveries.expect("k1", ["pacs", "archive"], check=checks, resend_identical={"pacs"})
+    assert again.delivered == {"pacs", "archive"}
+
+
+def test_one_sender_at_a_time_per_content_and_destination(redis_server: RedisServer) -> None:
+    """Two tasks for one delivery at once (a task redelivered while the first still
+    sends, a second reception of the same content): only the first claims it; the
+    claim goes with the booking, and then the record answers."""
+    client = redis_server.client()
+    deliveries = Deliveries(client)
+    deliveries.expect("k1", ["pacs"])
+    assert deliveries.claim("pacs", "1.2.3", "d", "first", 60) == CLAIMED
+    assert deliveries.claim("pacs", "1.2.3", "d", "second", 60) == BUSY
+    assert deliveries.claim("archive", "1.2.3", "d", "second", 60) == CLAIMED  # its own
+    assert deliveries.claim("pacs", "1.2.3", "other", "second", 60) == CLAIMED  # changed
+    deliveries.delivered_many("k1", [("pacs", "1.2.3", "d")], claim="first")
+    assert not client.exists(sending_key("pacs", "1.2.3", "d"))
+    assert deliveries.claim("pacs", "1.2.3", "d", "second", 60) == DELIVERED
+    # resend_identical: a record of another reception does not count.
+    assert deliveries.claim("pacs", "1.2.3", "d", "third", 60, reception="k2") == CLAIMED
+
+
+def test_a_failed_sender_gives_up_only_its_own_claim(redis_server: RedisServer) -> None:
+    client = redis_server.client()
+    deliveries = Deliveries(client)
+    assert deliveries.claim("pacs", "1.2.3", "d", "first", 60) == CLAIMED
+    deliveries.release("pacs", "1.2.3", "d", "late")  # a sender whose lease ran out
+    assert deliveries.claim("pacs", "1.2.3", "d", "second", 60) == BUSY
+    deliveries.release("pacs", "1.2.3", "d", "first")
+    assert deliveries.claim("pacs", "1.2.3", "d", "second", 60) == CLAIMED
+    # A claim whose holder died lapses with its lease.
+    assert deliveries.claim("archive", "1.2.3", "d", "dead", 0.05) == CLAIMED
+    time.sleep(0.1)
+    assert deliveries.claim("archive", "1.2.3", "d", "next", 60) == CLAIMED
+
+
+def test_expect_claims_the_direct_sends_in_its_transaction(redis_server: RedisServer) -> None:
+    client = redis_server.client()
+    deliveries = Deliveries(client)
+    client.set(delivered_key("pacs", "1.2.3", "d"), "k0")
+    assert deliveries.claim("archive", "1.2.3", "d", "forward-task", 60) == CLAIMED
+    checks = [(dest, "1.2.3", "d") for dest in ("pacs", "archive", "research")]
+    found = deliveries.expect("k1", ["pacs", "archive", "research"], check=checks,
+                              claim=("route", 60))  # fmt: skip
+    assert found.delivered == {"pacs"} and found.busy == {"archive"}
+    assert client.get(sending_key("research", "1.2.3", "d")) == b"route"
+    assert not client.exists(sending_key("pacs", "1.2.3", "d"))

@@ -114,8 +114,11 @@ class _StoreWriter:
         fail_first: int = 0,
         fail_sop_class: str | None = None,
         fail_status: int = 0xA700,
+        store_delay: float = 0.0,
     ) -> None:
         self._out_dir = out_dir
+        # A slow destination: every store is answered only after ``store_delay`` s.
+        self._store_delay = store_delay
         # Failure injection for delivery tests: answer ``fail_status`` to the first
         # ``fail_first`` stores, and to every store of ``fail_sop_class``.
         self._fail_left = fail_first
@@ -129,6 +132,8 @@ class _StoreWriter:
 
     def handle_store(self, event: Event) -> int:
         request = cast(C_STORE, event.request)
+        if self._store_delay:
+            time.sleep(self._store_delay)
         with self._lock:
             if self._fail_left > 0:
                 self._fail_left -= 1
@@ -249,6 +254,8 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--fail-first", type=int, default=0, help="refuse the first N stores")
     parser.add_argument("--fail-sop-class", help="refuse every store of this SOP class UID")
     parser.add_argument("--fail-status", type=lambda v: int(v, 0), default=0xA700)
+    parser.add_argument("--store-delay", type=float, default=0.0,
+                        help="answer each store only after this many seconds")  # fmt: skip
     parser.add_argument("--stats", type=Path, help="file for the most associations open at once")
     parser.add_argument(
         "--lean",
@@ -276,7 +283,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # pynetdicom's standard event handlers format every PDU and DIMSE message
         # for debug logging, which --log-level WARNING never shows.
         _config.LOG_HANDLER_LEVEL = "none"
-    writer = _StoreWriter(out_dir, args.fail_first, args.fail_sop_class, args.fail_status)
+    writer = _StoreWriter(
+        out_dir, args.fail_first, args.fail_sop_class, args.fail_status, args.store_delay
+    )
     ae = build_ae(
         ae_title=args.ae_title,
         transfer_syntaxes=args.transfer_syntaxes or DEFAULT_TRANSFER_SYNTAXES,
