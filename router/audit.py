@@ -215,6 +215,24 @@ class AuditLog:
         """
         self.emit_many([(event, fields)])
 
+    def emit_done(self, events: Sequence[tuple[str, Mapping[str, Any]]]) -> bool:
+        """Write events of actions that already happened; False if they could not be.
+
+        An instance already delivered or admitted stays so whether or not its event
+        can be written: failing the task or the store at this point would repeat
+        the action (a second send, a second admission) without ever writing the
+        event either. The failure is logged (without the events' identifiers) and
+        counted in ``audit_write_failures_total``, which has an alert.
+        """
+        try:
+            self.emit_many(events)
+        except OSError as exc:
+            metrics.audit_write_failures.inc(len(events))
+            log.error("audit events not written", events=[event for event, _ in events],
+                      error=f"{type(exc).__name__}: {exc}")  # fmt: skip
+            return False
+        return True
+
     def emit_many(self, events: Sequence[tuple[str, Mapping[str, Any]]]) -> None:
         """Write several events with one lock and one write (several deliveries of
         one instance), then queue their DICOM messages. Raises as ``emit``."""

@@ -57,14 +57,18 @@ class Sent:
 
 
 def book(rt: Runtime, key: str, sent: Sequence[Sent]) -> None:
-    """Audit and record deliveries of one instance together (one write, one round trip);
-    after the last destination, release the original and its copies."""
+    """Record and audit deliveries of one instance together (one round trip, one write);
+    after the last destination, release the original and its copies.
+
+    The record comes first: it is what keeps a delivery from being sent again, so
+    an audit trail that cannot be written (a full disk) must not stand before it.
+    """
     if not sent:
         return
-    rt.audit.emit_many([("forwarded", s.forwarded) for s in sent])
     records = [(s.destination, s.sop_uid, s.digest) for s in sent]
     claims = {s.claim for s in sent if s.claim is not None}
     derived = rt.deliveries.delivered_many(key, records, next(iter(claims), None))
+    rt.audit.emit_done([("forwarded", s.forwarded) for s in sent])
     if derived is not None:
         release_instance(rt.deliveries, rt.spool, key, rt.cfg.spool.retention_hours, derived)
 

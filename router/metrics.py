@@ -102,6 +102,11 @@ ruleset_info = Gauge(
 audit_syslog_sent = Counter(
     PREFIX + "audit_syslog_sent", "DICOM audit messages delivered to the syslog collector."
 )
+audit_write_failures = Counter(
+    PREFIX + "audit_write_failures",
+    "Audit events that could not be written to the audit file after what they record had "
+    "happened (a delivery, an admission): the action stands, its event is missing.",
+)
 audit_syslog_failures = Counter(
     PREFIX + "audit_syslog_failures",
     "Failed attempts to reach or write to the syslog collector (messages stay queued).",

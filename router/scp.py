@@ -346,13 +346,10 @@ class StorageSCP:
             return self._refuse(Status.OUT_OF_RESOURCES, "broker_unavailable", fields)
         metrics.instances_received.labels(calling).inc()
         metrics.bytes_received.inc(size)
-        self.audit.emit(
-            "received",
-            study_instance_uid=study_uid,
-            sop_class_uid=meta["sop_class_uid"],
-            patient_id=patient_id,
-            status="0x0000",
-            **fields,
-        )
+        # Admitted: from here the answer is success whatever happens to the event.
+        self.audit.emit_done([("received", {
+            "study_instance_uid": study_uid, "sop_class_uid": meta["sop_class_uid"],
+            "patient_id": patient_id, "status": "0x0000", **fields,
+        })])  # fmt: skip
         log.debug("received", spool_key=key, **fields)
         return int(Status.SUCCESS)

@@ -17,11 +17,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from prometheus_client import REGISTRY
 from pydicom import dcmread
 
 from router.config import load_config
-from router.deliver import deliver
-from router.deliveries import pending_key
+from router.deliver import deliver, digest_of
+from router.deliveries import delivered_key, pending_key
 from router.retries import SCHEDULED
 from router.runtime import Runtime, build_runtime
 from tests.support.capture_scp import CaptureSCP
@@ -75,4 +76,36 @@ def test_two_tasks_for_one_delivery_send_it_once(
     audit = [json.loads(line) for line in first.cfg.audit.file.read_text().splitlines()]
     assert [e["event"] for e in audit] == ["forwarded"]  # no failure, no second send
     for rt in (first, second):
+        rt.pool.close_all()
+
+
+def test_a_delivery_whose_event_cannot_be_written_is_not_sent_again(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """The audit trail's disk is full: the delivery is still recorded (the record, not
+    the event, keeps it from being sent again), and the failure is counted."""
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("x")
+    with CaptureSCP() as sink:
+        dest = {"pacs": {"ae_title": sink.ae_title, "host": "127.0.0.1", "port": sink.port}}
+        path, _config = write_config(tmp_path / "router", redis_server.url, dest,
+                                     "rules:\n  - name: all\n    forward: [pacs]\n",
+                                     audit={"file": str(blocker / "audit.jsonl")})  # fmt: skip
+        rt = build_runtime(load_config(path))
+        rt.spool.ensure()
+        (ct,) = write_ct_series(tmp_path / "ct", 1, rows=16, cols=16, seed=42)
+        key = rt.spool.write_bytes(ct.read_bytes())
+        uid = str(dcmread(ct, stop_before_pixels=True).SOPInstanceUID)
+        meta = {"sop_instance_uid": uid, "rule": "all", "send_key": key}
+        rt.deliveries.expect(key, ["pacs"], tasks={"pacs": meta})
+        failures = REGISTRY.get_sample_value("dicom_router_audit_write_failures_total") or 0.0
+
+        deliver(rt, key, "pacs", meta, 1)  # does not raise: the task is done
+        assert sink.sop_instance_uids() == [uid]
+        assert REGISTRY.get_sample_value("dicom_router_audit_write_failures_total") == (
+            failures + 1
+        )
+        client = redis_server.client()
+        assert not client.exists(pending_key(key))  # booked, and the file released
+        assert client.exists(delivered_key("pacs", uid, digest_of(ct)))  # a rerun finds it
         rt.pool.close_all()

@@ -8,6 +8,8 @@ import threading
 from pathlib import Path
 
 import pytest
+from prometheus_client import REGISTRY
+from structlog.testing import capture_logs
 
 from router.audit import EVENTS, FIELDS, AuditLog, audit_record
 
@@ -148,6 +150,26 @@ def test_emit_raises_when_trail_cannot_be_written(tmp_path: Path) -> None:
     blocker.write_text("x")
     with pytest.raises(OSError):
         AuditLog(blocker / "audit.jsonl").emit("received")
+
+
+def test_events_of_done_actions_never_raise_and_are_counted(tmp_path: Path) -> None:
+    """A delivery or admission already made stands whether or not its event is written:
+    the failure is counted and logged, with no identifier of the events."""
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    trail = AuditLog(blocker / "audit.jsonl")
+    before = REGISTRY.get_sample_value("dicom_router_audit_write_failures_total") or 0.0
+    with capture_logs() as logs:
+        written = trail.emit_done([("forwarded", {"sop_instance_uid": "1.2.3",
+                                                  "patient_id": "PID-9"})])  # fmt: skip
+    assert written is False
+    assert REGISTRY.get_sample_value("dicom_router_audit_write_failures_total") == before + 1
+    (line,) = logs
+    assert line["event"] == "audit events not written" and line["events"] == ["forwarded"]
+    assert "PID-9" not in json.dumps(line) and "1.2.3" not in json.dumps(line)
+    good = AuditLog(tmp_path / "audit.jsonl")
+    assert good.emit_done([("forwarded", {"sop_instance_uid": "1.2.3"})]) is True
+    assert json.loads((tmp_path / "audit.jsonl").read_text())["event"] == "forwarded"
 
 
 def test_concurrent_emits_are_whole_lines_and_none_lost(tmp_path: Path) -> None:

@@ -30,6 +30,7 @@ EXPECTED_ALERTS = {
     "DicomRouterNoInstancesReceived",
     "DicomRouterRulesRefused",
     "DicomRouterInstancesSetAside",
+    "DicomRouterAuditNotWritten",
     "DicomRouterDown",
 }
 
@@ -204,6 +205,7 @@ def _alert_tests() -> list[dict[str, Any]]:
     quiet = "DicomRouterNoInstancesReceived"
     refused = "DicomRouterRulesRefused"
     set_aside = "DicomRouterInstancesSetAside"
+    unaudited = "DicomRouterAuditNotWritten"
     forward = "dicom_router_forward_total"
     return [
         {  # 3 dead letters for pacs fire after 5m; none for archive never does.
@@ -283,6 +285,17 @@ def _alert_tests() -> list[dict[str, Any]]:
                 _case(refused, "4m"),
                 _case(refused, "8m", _alert(refused, {**router, "outcome": "refused"}, 1)),
                 _case(refused, "30m"),
+            ],
+        },
+        {  # two events not written at 5m: fires at once, ends after 15 minutes.
+            "interval": "1m",
+            "input_series": [
+                _series("dicom_router_audit_write_failures_total", "0x4 2x30"),
+            ],
+            "alert_rule_test": [
+                _case(unaudited, "4m"),
+                _case(unaudited, "6m", _alert(unaudited, router, 2)),
+                _case(unaudited, "25m"),
             ],
         },
         {  # one instance set aside at 10m; the alert ends when it leaves the hour.
