@@ -14,10 +14,10 @@ import hashlib
 import random
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import redis
 from pydicom import dcmread
@@ -32,6 +32,7 @@ from router.status import ALREADY_DELIVERED, Outcome
 from router.steps import Steps, run
 
 log = get_logger(__name__)
+T = TypeVar("T")
 
 
 def backoff_delay(attempt: int, initial: float, maximum: float) -> float:
@@ -67,10 +68,37 @@ def book(rt: Runtime, key: str, sent: Sequence[Sent]) -> None:
         return
     records = [(s.destination, s.sop_uid, s.digest) for s in sent]
     claims = {s.claim for s in sent if s.claim is not None}
-    derived = rt.deliveries.delivered_many(key, records, next(iter(claims), None))
+    derived = _record_persistently(
+        lambda: rt.deliveries.delivered_many(key, records, next(iter(claims), None))
+    )
     rt.audit.emit_done([("forwarded", s.forwarded) for s in sent])
     if derived is not None:
         release_instance(rt.deliveries, rt.spool, key, rt.cfg.spool.retention_hours, derived)
+
+
+BOOKING_PATIENCE_S = 30.0
+"""How long a made delivery waits for Redis to record it before its task is handed back."""
+
+
+def _record_persistently(record: Callable[[], T]) -> T:
+    """Run ``record`` until Redis answers, for up to ``BOOKING_PATIENCE_S``.
+
+    The destination has the instance: a task handed back now runs again and, once
+    its claim has lapsed, sends it again. A short Redis outage (a restart, a
+    failover) is better waited out here.
+    """
+    deadline = time.monotonic() + BOOKING_PATIENCE_S
+    delay = 0.25
+    while True:
+        try:
+            return record()
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            if time.monotonic() + delay > deadline:
+                raise
+            log.warning("delivery made but not recorded yet; Redis does not answer",
+                        error=type(exc).__name__, retry_in_s=delay)  # fmt: skip
+            time.sleep(delay)
+            delay = min(2 * delay, 4.0)
 
 
 def _patient_id(path: Path) -> str | None:
