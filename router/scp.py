@@ -125,6 +125,23 @@ def read_identifiers(path: Path) -> Dataset:
         return read_partial(handle, stop_when=_past_last_tag_read)
 
 
+REJECTION_SEND_WAIT_S = 2.0
+
+
+def _wait_until_rejection_sent(assoc: Any) -> None:
+    """Hold the handler until the A-ASSOCIATE-RJ is on the wire.
+
+    pynetdicom's DUL thread sends the rejection, while the association thread shuts
+    the socket down as soon as the EVT_REQUESTED handler returns: the rejection was
+    lost, and a dcmtk peer reported "Peer aborted Association" instead of "rejected:
+    calling AE title not recognized". Having sent it, the DUL waits for the peer to
+    close (state Sta13).
+    """
+    deadline = time.monotonic() + REJECTION_SEND_WAIT_S
+    while assoc.dul.state_machine.current_state != "Sta13" and time.monotonic() < deadline:
+        time.sleep(0.002)
+
+
 def _cap_pdu_reads(event: Any, limit: int) -> None:
     """Make the association's socket refuse reads larger than ``limit`` bytes."""
     transport = event.assoc.dul.socket
@@ -283,15 +300,16 @@ class StorageSCP:
             reason = "calling AE title not allowed"
         if reason is None:
             return
-        # Rejected permanent, by the service user; diagnostic 3 names the AE title.
-        diagnostic = 0x03 if reason.startswith("calling") else 0x01
-        event.assoc.acse.send_reject(0x01, 0x01, diagnostic)
         metrics.instances_rejected.labels("association_not_allowed").inc()
         peer = f"{requestor.address}:{requestor.port}"
         self.audit.emit(
             "rejected", calling_ae=calling, peer=peer, status=reason, scope="association"
         )
         log.warning("association rejected", calling_ae=calling, peer=peer, reason=reason)
+        # Rejected permanent, by the service user; diagnostic 3 names the AE title.
+        diagnostic = 0x03 if reason.startswith("calling") else 0x01
+        event.assoc.acse.send_reject(0x01, 0x01, diagnostic)
+        _wait_until_rejection_sent(event.assoc)
 
     def _refuse(self, status: Status, reason: str, fields: dict[str, Any]) -> int:
         metrics.instances_rejected.labels(reason).inc()

@@ -163,7 +163,10 @@ def test_calling_ae_not_allowed_is_rejected_and_audited(
     make_router: Any, redis_server: RedisServer, ct_file: Path
 ) -> None:
     router = make_router(redis_server.url, accept={"calling_ae": ["CT01"]})
-    assert echoscu(router.port, calling_ae="INTRUDER").returncode != 0
+    refused = echoscu(router.port, calling_ae="INTRUDER")
+    assert refused.returncode != 0
+    # The sender is told why (A-ASSOCIATE-RJ), not left with a dropped connection.
+    assert "Calling AE Title Not Recognized" in refused.stdout + refused.stderr
     assert echoscu(router.port, calling_ae="CT01").returncode == 0
     event = router.audit_events("rejected")[-1]
     assert event["calling_ae"] == "INTRUDER"
@@ -174,7 +177,9 @@ def test_calling_ae_not_allowed_is_rejected_and_audited(
 
 def test_peer_network_not_allowed_is_rejected(make_router: Any, redis_server: RedisServer) -> None:
     router = make_router(redis_server.url, accept={"networks": ["10.0.0.0/8"]})
-    assert echoscu(router.port).returncode != 0
+    refused = echoscu(router.port)
+    assert refused.returncode != 0
+    assert "Rejected Permanent" in refused.stdout + refused.stderr
     assert router.audit_events("rejected")[-1]["status"] == "peer address not allowed"
 
 
