@@ -326,6 +326,11 @@ def _value_test(
     op: str, operand: Any, line: int, errors: CompileErrors
 ) -> Callable[[str, Any], bool] | None:
     holder: dict[str, Callable[[str, Any], bool]] = {}
+    if operand is None and op in OPERATORS:
+        # YAML's empty value: `AccessionNumber:` would compare with the text "None".
+        errors.add(line, f"'{op}' has no value; to test that an element is absent or "
+                         "empty, use {exists: false}")  # fmt: skip
+        return None
     if op in ("equals", "not_equals"):
         holder["t"] = _equal(operand)
     elif op in ("in", "not_in"):
@@ -355,7 +360,10 @@ def _value_test(
             holder["t"] = lambda vr, v: _text(v).endswith(needle)
     elif op in ("lt", "le", "gt", "ge"):
         usable = _number(operand) is not None or isinstance(operand, dt.date | dt.time)
-        if not usable and not re.match(r"^[\d.:\-]+$", _text(operand)):
+        text = _text(operand)
+        kinds = ("DA", "DT") if "-" in text else ("TM",) if ":" in text else ()
+        if not usable and not any(_temporal(vr, operand) for vr in kinds):
+            # A date that is no date ("2024-13-99") would never match anything.
             errors.add(line, f"'{op}' needs a number, date or time, got {operand!r}")
             return None
         holder["t"] = _ordering(op, operand)

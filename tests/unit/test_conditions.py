@@ -618,3 +618,26 @@ def test_parse_tag_and_resolve_element() -> None:
     assert resolve_element("PatientName") == 0x00100010
     assert resolve_element("(0008,0060)") == 0x00080060
     assert resolve_element("NotAKeyword") is None
+
+
+@pytest.mark.parametrize(
+    ("condition", "problem"),
+    [
+        ("AccessionNumber:", "'equals' has no value"),
+        ("AccessionNumber: {not_equals: }", "'not_equals' has no value"),
+        ("StudyDate: {lt: '2024-13-99'}", "'lt' needs a number, date or time"),
+        ("StudyTime: {ge: '25:99'}", "'ge' needs a number, date or time"),
+    ],
+)
+def test_conditions_that_could_never_match_are_refused(condition: str, problem: str) -> None:
+    """An empty YAML value compared with the text "None", and a date that is no date
+    never matched anything: lint says so instead."""
+    problems = compile_problems(f"all:\n  - {condition}\n")
+    assert any(problem in p.message for p in problems), problems
+
+
+@pytest.mark.parametrize(
+    "condition", ["StudyDate: {lt: '2024-01-31'}", "StudyTime: {ge: '12:30'}", "Rows: {gt: 256}"]
+)
+def test_real_dates_times_and_numbers_are_accepted(condition: str) -> None:
+    compile_rule_match(f"all:\n  - {condition}\n")
