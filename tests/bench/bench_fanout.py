@@ -22,7 +22,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.bench.cpu import cpu_seconds
+import psutil
+
+from tests.bench.cpu import cpu_seconds, machine_busy_seconds
 from tests.bench.sinks import running_sinks, wait_until_idle
 from tests.support.capture_scp import CaptureSCP
 from tests.support.dcmtk import storescu
@@ -37,6 +39,8 @@ class Run:
     sinks_cpu: float
     acknowledged: float
     """When storescu had every answer: the rest of ``seconds`` is delivery catching up."""
+    machine_cpu: float
+    """CPU seconds the whole machine spent busy meanwhile (router, sinks, storescu, Redis)."""
 
 
 def timed(files: list[Path], router: RouterProcess, sinks: list[CaptureSCP]) -> Run:
@@ -44,6 +48,7 @@ def timed(files: list[Path], router: RouterProcess, sinks: list[CaptureSCP]) -> 
         sink.clear()
     sink_pids = [sink.pid for sink in sinks]
     router_before, sinks_before = cpu_seconds([router.proc.pid]), cpu_seconds(sink_pids)
+    machine_before = machine_busy_seconds()
     start = time.perf_counter()
     if storescu(files, router.port).returncode != 0:
         raise RuntimeError("storescu failed")
@@ -56,6 +61,7 @@ def timed(files: list[Path], router: RouterProcess, sinks: list[CaptureSCP]) -> 
         cpu_seconds([router.proc.pid]) - router_before,
         cpu_seconds(sink_pids) - sinks_before,
         acknowledged,
+        machine_busy_seconds() - machine_before,
     )
 
 
@@ -119,7 +125,12 @@ def main() -> None:
     print(f"fan-out ratio (3 / 1): {three / one:.2f} (target <= 1.5)")
     print(f"all acknowledged to storescu, median: 1 destination {median(1, 'acknowledged'):.2f} s, "
           f"3 destinations {median(3, 'acknowledged'):.2f} s")  # fmt: skip
-    for field, who in (("router_cpu", "router"), ("sinks_cpu", "sinks")):
+    cores = psutil.cpu_count() or 1
+    busy = [median(n, "machine_cpu") / (median(n, "seconds") * cores) for n in (1, 3)]
+    print(f"machine busy (all {cores} cores), median: 1 destination {busy[0]:.0%}, "
+          f"3 destinations {busy[1]:.0%}")  # fmt: skip
+    shares = (("machine_cpu", "machine"), ("router_cpu", "router"), ("sinks_cpu", "sinks"))
+    for field, who in shares:
         print(f"{who} CPU, median: 1 destination {median(1, field):.2f} s, "
               f"3 destinations {median(3, field):.2f} s, "
               f"ratio {median(3, field) / median(1, field):.2f}")  # fmt: skip

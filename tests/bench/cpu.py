@@ -18,3 +18,13 @@ def cpu_seconds(pids: list[int]) -> float:
                 continue
             total += times.user + times.system
     return total
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds the whole machine has spent busy (all cores, all processes) so far.
+
+    Beside the wall time of a run it tells whether the run was bound by the cores
+    (busy close to cores x seconds) or by waiting.
+    """
+    times = psutil.cpu_times()
+    return sum(times) - times.idle - getattr(times, "iowait", 0.0)
