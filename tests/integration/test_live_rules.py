@@ -12,9 +12,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -26,9 +23,9 @@ import pytest
 
 from tests.support.ports import free_port, wait_for_port
 from tests.support.router_proc import (
-    PROJECT_ROOT,
     RedisServer,
     RouterProcess,
+    standalone_worker,
     start_router,
     write_config,
 )
@@ -142,14 +139,6 @@ def test_a_standalone_worker_watches_its_rules(tmp_path: Path, redis_server: Red
     rules_dir = path.parent / "rules"
     audit_path = path.parent / "audit.jsonl"
     port = free_port()
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("ROUTER_") and k != "PROMETHEUS_MULTIPROC_DIR"}  # fmt: skip
-    log = open(tmp_path / "worker.log", "wb")  # noqa: SIM115 - closed below
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "router.cli", "--config", str(path), "worker",
-         "--concurrency", "2", "--metrics-port", str(port)],
-        stdout=log, stderr=subprocess.STDOUT, cwd=PROJECT_ROOT, env=env, start_new_session=True,
-    )  # fmt: skip
 
     def loaded() -> list[str]:
         lines = audit_path.read_text().splitlines() if audit_path.exists() else []
@@ -157,7 +146,7 @@ def test_a_standalone_worker_watches_its_rules(tmp_path: Path, redis_server: Red
         return [e["ruleset_version"] for e in events
                 if e["event"] == "rules_reloaded" and e["status"] == "loaded"]  # fmt: skip
 
-    try:
+    with standalone_worker(path, port, tmp_path / "worker.log"):
         wait_for_port("127.0.0.1", port, 30)
         wait_until(lambda: len(loaded()) == PROCESSES, 30, "3 first loads")
         (v1,) = set(loaded())
@@ -171,12 +160,3 @@ def test_a_standalone_worker_watches_its_rules(tmp_path: Path, redis_server: Red
             return metric(text, info, version=v2) == 1.0 and metric(text, info, version=v1) == 0.0
 
         wait_until(every_process_on_v2, NOTICE_S, "ruleset_info: v2 at 1, v1 at 0 everywhere")
-    finally:
-        if worker.poll() is None:
-            os.killpg(worker.pid, signal.SIGTERM)
-            try:
-                worker.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(worker.pid, signal.SIGKILL)
-                worker.wait()
-        log.close()

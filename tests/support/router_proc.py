@@ -6,6 +6,7 @@ another run's queues and can stop or restart the broker at will.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -212,3 +213,29 @@ def running_router(*args: Any, **kwargs: Any) -> Iterator[RouterProcess]:
         yield router
     finally:
         router.stop()
+
+
+@contextlib.contextmanager
+def standalone_worker(config: Path, metrics_port: int, log_path: Path) -> Iterator[None]:
+    """``dicom-router worker --concurrency 2 --metrics-port PORT`` for a ``with`` block,
+    in its own session (stopped with SIGTERM, SIGKILL after 30 s); output to ``log_path``.
+    The test's own ROUTER_* settings are not passed on: the config file is the worker's."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("ROUTER_") and k != "PROMETHEUS_MULTIPROC_DIR"}  # fmt: skip
+    with open(log_path, "wb") as log:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "router.cli", "--config", str(config), "worker",
+             "--concurrency", "2", "--metrics-port", str(metrics_port)],
+            stdout=log, stderr=subprocess.STDOUT, cwd=PROJECT_ROOT, env=env,
+            start_new_session=True,
+        )  # fmt: skip
+        try:
+            yield
+        finally:
+            if worker.poll() is None:
+                os.killpg(worker.pid, signal.SIGTERM)
+                try:
+                    worker.wait(30)
+                except subprocess.TimeoutExpired:
+                    os.killpg(worker.pid, signal.SIGKILL)
+                    worker.wait()
