@@ -172,6 +172,17 @@ class _Rules(NamedTuple):
     """The router's own AE title: the called AE of a dry run unless told otherwise."""
 
 
+def _salt(cfg: RouterConfig, needed: bool) -> bytes:
+    """The config's salt; when not ``needed`` (rule tests and dry runs, which use a test
+    salt), an unreadable salt file is no reason to refuse."""
+    try:
+        return load_salt(cfg)
+    except ConfigError:
+        if needed:
+            raise
+        return b""
+
+
 def _ruleset_for(
     args: argparse.Namespace, path: str | None, check_salt: bool = True
 ) -> _Rules | int:
@@ -189,9 +200,9 @@ def _ruleset_for(
     try:
         cfg = load_config(args.config)
         destinations = destination_syntaxes(cfg)
-        salt = load_salt(cfg)
         ae_title = cfg.ae_title
         rules_path = rules_path or cfg.rules
+        salt = _salt(cfg, check_salt)
     except ConfigError as exc:
         if path is None or config_path(args.config).exists():
             print(exc, file=sys.stdout)

@@ -197,3 +197,24 @@ def test_lint_of_an_empty_rule_file(tmp_path: Path, capsys: pytest.CaptureFixtur
         capsys, "rules", "lint", str(empty), "--config", str(tmp_path / "none.yaml")
     )
     assert (code, out) == (1, f"{empty}:1: the file is empty (no rules)\n")
+
+
+def test_rule_tests_run_where_the_salt_file_is_not(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """Rule tests use a test salt: a CI job or a laptop without the production salt
+    file runs them; lint still says the salt file is missing."""
+    config = tmp_path / "router.yaml"
+    shutil.copytree(SHIPPED_RULES, tmp_path / "rules")
+    write(config, f"""\
+        rules: {tmp_path / "rules"}
+        salt_file: {tmp_path / "no-such-salt"}
+        destinations:
+          pacs_main: {{ae_title: PACS, host: 127.0.0.1, port: 4242}}
+          research: {{ae_title: RESEARCH, host: 127.0.0.1, port: 4243}}
+        """)  # fmt: skip
+    code, out, _err = cli(capsys, "--config", str(config), "rules", "test")
+    assert code == 0, out
+    assert " 0 failed" in out
+    code, out, _err = cli(capsys, "--config", str(config), "rules", "lint")
+    assert code == 1 and "no-such-salt: cannot read" in out
