@@ -353,15 +353,18 @@ def _give_up(
     reason, status_text = failure.reason, failure.status_text
     alternate = rt.cfg.destinations[destination].alternate
     if alternate is not None and not meta.get("alternate_of"):
-        status = f"{reason}: {status_text}; sent to the alternate {alternate}"
-        rt.audit.emit("forward_failed", status=status, alternate=alternate, **audit_fields)
         alternate_meta = {**meta, "alternate_of": destination}
-        rt.deliveries.fail_over(key, destination, alternate, alternate_meta)
-        log.warning("forward failed; sending to the alternate destination", spool_key=key,
-                    destination=destination, alternate=alternate, reason=reason,
-                    status=status_text)  # fmt: skip
-        enqueue_forward(key, alternate, alternate_meta)
-        return
+        if rt.deliveries.fail_over(key, destination, alternate, alternate_meta):
+            status = f"{reason}: {status_text}; sent to the alternate {alternate}"
+            rt.audit.emit("forward_failed", status=status, alternate=alternate, **audit_fields)
+            log.warning("forward failed; sending to the alternate destination", spool_key=key,
+                        destination=destination, alternate=alternate, reason=reason,
+                        status=status_text)  # fmt: skip
+            enqueue_forward(key, alternate, alternate_meta)
+            return
+        # The alternate still owes this instance a delivery of its own, and a second
+        # one cannot be booked beside it (Deliveries.fail_over): dead-lettered here.
+        status_text = f"{status_text}; alternate {alternate} already has its own delivery"
     rt.audit.emit("forward_failed", status=status_text, **audit_fields)
     letter = rt.deadletters.add(key, destination, reason, status_text, failure.attempt, meta)
     rt.audit.emit(

@@ -83,6 +83,15 @@ if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return 'claimed
 return 'busy'
 """
 
+_FAIL_OVER = """
+if redis.call('HEXISTS', KEYS[1], ARGV[2]) == 1 then return 0 end
+redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
+redis.call('HDEL', KEYS[2], ARGV[1])
+redis.call('HSET', KEYS[2], ARGV[2], ARGV[4])
+return 1
+"""
+
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
@@ -117,6 +126,7 @@ class Deliveries:
         self.redis = client
         self._claim = client.register_script(_CLAIM)
         self._release = client.register_script(_RELEASE)
+        self._fail_over = client.register_script(_FAIL_OVER)
 
     def expect(
         self,
@@ -289,14 +299,20 @@ class Deliveries:
 
     def fail_over(
         self, spool_key: str, destination: str, alternate: str, meta: Mapping[str, Any]
-    ) -> None:
-        """The alternate now owes this instance instead of the exhausted destination."""
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.hdel(pending_key(spool_key), destination)
-        pipe.hset(pending_key(spool_key), alternate, f"alternate-of-{destination}@{time.time()}")
-        pipe.hdel(task_key(spool_key), destination)
-        pipe.hset(task_key(spool_key), alternate, json.dumps(meta))
-        pipe.execute()
+    ) -> bool:
+        """The alternate now owes this instance instead of the exhausted destination.
+
+        False, and nothing changed, when the alternate still owes this instance a
+        delivery of its own (it is also a destination of its rules): a pending
+        entry is one per destination name, and the one delivery booked first would
+        clear both, releasing the file the other still needs.
+        """
+        taken = self._fail_over(
+            keys=[pending_key(spool_key), task_key(spool_key)],
+            args=[destination, alternate, f"alternate-of-{destination}@{time.time()}",
+                  json.dumps(meta)],
+        )  # fmt: skip
+        return bool(taken)
 
     def requeued(self, spool_key: str, destination: str, meta: Mapping[str, Any]) -> None:
         """A dead letter (or a stalled delivery) goes back on the normal path."""

@@ -215,3 +215,24 @@ def test_a_delivery_whose_file_is_gone_is_dead_lettered(
     ]
     state = redis_server.client().hget(pending_key(key), "lonely")
     assert state is not None and state.startswith(b"dead-")  # the sweep leaves it alone
+
+
+def test_no_fail_over_to_an_alternate_that_owes_the_instance_already(
+    tmp_path: Path, redis_server: RedisServer, queued: Queued
+) -> None:
+    """The alternate is also a destination of this instance's rules (another copy of
+    it, say). One pending entry per destination cannot hold both deliveries: the one
+    booked first would clear it and release the file the other still needs. The
+    primary's delivery is dead-lettered instead, saying why; the alternate's own stays."""
+    rt = _runtime(tmp_path, redis_server.url, free_port())
+    key, meta = _spooled(rt, tmp_path, ["primary", "backup"])
+
+    deliver(rt, key, "primary", meta, attempt=2)
+
+    assert queued == []
+    (letter,) = rt.deadletters.list()
+    assert letter.destination == "primary"
+    assert letter.last_status.endswith("; alternate backup already has its own delivery")
+    pending = redis_server.client().hgetall(pending_key(key))
+    assert pending[b"backup"].startswith(b"queued@")  # its own delivery, untouched
+    assert pending[b"primary"].startswith(b"dead-")
