@@ -10,14 +10,9 @@ from pydicom import Dataset
 
 from router.rules.conditions import InstanceView
 from router.rules.loader import Ruleset, RulesetError, load_ruleset, rule_files
+from tests.support.files import write
 
 DESTS = ("pacs", "research", "archive")
-
-
-def write(folder: Path, name: str, text: str) -> Path:
-    path = folder / name
-    path.write_text(text, encoding="utf-8")
-    return path
 
 
 def load(folder: Path, destinations: tuple[str, ...] | None = DESTS) -> Ruleset:

@@ -3,13 +3,13 @@ the called AE a case sees, and an empty rule file named on its own."""
 
 from __future__ import annotations
 
-import textwrap
 from pathlib import Path
 
 import pytest
 
 from router.rules.loader import RulesetError, load_ruleset
 from router.rules.ruletests import CaseResult, run_test_file, run_tests
+from tests.support.files import write
 
 RULES = """\
 rules:
@@ -22,12 +22,6 @@ rules:
     match: {called_ae: GH_ROUTER}
     forward: [archive]
 """
-
-
-def write(folder: Path, name: str, text: str) -> Path:
-    path = folder / name
-    path.write_text(textwrap.dedent(text), encoding="utf-8")
-    return path
 
 
 @pytest.fixture

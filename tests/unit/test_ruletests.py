@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -23,6 +22,7 @@ from router.rules.ruletests import (
 )
 from router.rules.ruletests import test_files as find_test_files
 from router.rules.yamlsource import load_yaml
+from tests.support.files import write
 
 RULES = """\
 rules:
@@ -40,12 +40,6 @@ rules:
     match: {StudyDescription: {contains: RESEARCH}}
     forward: [research]
 """
-
-
-def write(folder: Path, name: str, text: str) -> Path:
-    path = folder / name
-    path.write_text(textwrap.dedent(text), encoding="utf-8")
-    return path
 
 
 @pytest.fixture
