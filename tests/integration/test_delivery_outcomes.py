@@ -82,6 +82,19 @@ def _events(rt: Runtime, event: str) -> list[dict[str, Any]]:
     return [r for r in map(json.loads, lines) if r["event"] == event]
 
 
+def _fail_over_to_backup(tmp_path: Path, redis_server: RedisServer, queued: Queued) -> Runtime:
+    """The primary gives up on its last attempt; the alternate's queued task delivers."""
+    with CaptureSCP(ae_title="BACKUP") as backup:
+        rt = _runtime(tmp_path, redis_server.url, backup.port)
+        key, meta = _spooled(rt, tmp_path, ["primary"])
+        deliver(rt, key, "primary", meta, attempt=2)
+        ((_key, alternate, alternate_meta),) = queued
+        deliver(rt, key, alternate, alternate_meta, attempt=1)
+        backup.wait_for_count(1, timeout=20)
+        rt.pool.close_all()
+    return rt
+
+
 def test_retry_means_another_attempt_follows_and_failed_means_none_does(
     tmp_path: Path, redis_server: RedisServer, queued: Queued
 ) -> None:
@@ -130,16 +143,7 @@ def test_a_fail_over_counts_as_failed_and_audits_the_primary_as_given_up(
 def test_the_alternate_says_which_destination_it_stands_in_for(
     tmp_path: Path, redis_server: RedisServer, queued: Queued
 ) -> None:
-    with CaptureSCP(ae_title="BACKUP") as backup:
-        rt = _runtime(tmp_path, redis_server.url, backup.port)
-        key, meta = _spooled(rt, tmp_path, ["primary"])
-        deliver(rt, key, "primary", meta, attempt=2)
-        ((_key, alternate, alternate_meta),) = queued
-
-        deliver(rt, key, alternate, alternate_meta, attempt=1)
-
-        backup.wait_for_count(1, timeout=20)
-        rt.pool.close_all()
+    rt = _fail_over_to_backup(tmp_path, redis_server, queued)
     (forwarded,) = _events(rt, "forwarded")
     assert forwarded["destination"] == "backup"
     assert forwarded["alternate_of"] == "primary"
@@ -153,13 +157,7 @@ def test_dicom_audit_messages_of_a_fail_over_name_each_destination(
 ) -> None:
     """The primary's given-up attempt is a failed transfer to the primary (outcome 4:
     the transfer goes on elsewhere), the alternate's a transfer to the alternate."""
-    with CaptureSCP(ae_title="BACKUP") as backup:
-        rt = _runtime(tmp_path, redis_server.url, backup.port)
-        key, meta = _spooled(rt, tmp_path, ["primary"])
-        deliver(rt, key, "primary", meta, attempt=2)
-        ((_key, alternate, alternate_meta),) = queued
-        deliver(rt, key, alternate, alternate_meta, attempt=1)
-        rt.pool.close_all()
+    rt = _fail_over_to_backup(tmp_path, redis_server, queued)
     nodes = {n: Node(d.ae_title, d.host) for n, d in rt.cfg.destinations.items()}
     ctx = AuditContext("ROUTER", "router1", "ROUTER", pid=1, destinations=nodes)
 
